@@ -1,0 +1,1 @@
+"""zimage-bot: a self-hosted Discord bot for Z-Image-Turbo."""

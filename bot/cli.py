@@ -1,0 +1,205 @@
+"""The `zimage-bot` command line: run, cache-check, download, generate.
+
+Heavy imports (huggingface_hub, torch, diffusers, discord.py) happen inside the commands, after `.env`
+is applied, because huggingface_hub reads HF_HOME and HF_HUB_OFFLINE when it is first imported and a
+configuration error should be reported in a fraction of a second, not after loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from bot.generation import GenerationError, GenerationRequest, random_seed
+from bot.image_size import ImageSize
+from bot.settings import ConfigError, Settings, configure_logging
+
+log = logging.getLogger("zimage-bot")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zimage-bot",
+        description="A Discord bot that turns /imagine into pictures from Z-Image-Turbo on your own GPU.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="load the model, then connect to Discord (the default)")
+    commands.add_parser("cache-check", help="report on the model in the Hugging Face cache (exit 1 if incomplete)")
+    commands.add_parser("download", help="fetch the model into the cache (resumable)")
+    generate = commands.add_parser("generate", help="make one image locally, without Discord")
+    generate.add_argument("prompt", help="what to draw")
+    generate.add_argument("--size", type=_size, help="WIDTHxHEIGHT, multiples of 16 (default: first IMAGE_SIZES)")
+    generate.add_argument("--seed", type=int, help="0..4294967295 (default: random)")
+    generate.add_argument("--steps", type=int, help="inference steps (default: DEFAULT_STEPS)")
+    generate.add_argument("--negative-prompt", default="", help="what to avoid (needs --guidance above 0)")
+    generate.add_argument("--guidance", type=float, default=0.0, help="CFG scale (Turbo is made for 0)")
+    generate.add_argument("--out", type=Path, help="where to write the PNG (default: a new file in OUTPUT_DIR)")
+    return parser
+
+
+def _size(text: str) -> ImageSize:
+    try:
+        return ImageSize.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    load_dotenv(Path.cwd() / ".env", override=False)  # real environment variables win
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level)
+    command = args.command or "run"
+    if command == "cache-check":
+        return cache_check(settings)
+    if command == "download":
+        return download(settings)
+    if command == "generate":
+        return generate(settings, args)
+    return run(settings)
+
+
+def cache_check(settings: Settings) -> int:
+    from bot.cache_report import inspect_cache
+
+    report = inspect_cache(settings.model_id, settings.model_revision)
+    print(report.to_text())
+    return EXIT_OK if report.complete else EXIT_FAILURE
+
+
+def download(settings: Settings) -> int:
+    from bot.cache_report import inspect_cache
+    from bot.model_download import DownloadError, download_model
+
+    try:
+        download_model(settings.model_id, settings.model_revision)
+    except DownloadError as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    report = inspect_cache(settings.model_id, settings.model_revision)
+    print(report.to_text())
+    return EXIT_OK if report.complete else EXIT_FAILURE
+
+
+def generate(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.generation import parameters_text, validate_request
+    from bot.png_output import encode_png, save_png
+    from bot.settings import MAX_STEPS
+
+    request = GenerationRequest(
+        prompt=args.prompt,
+        size=args.size or settings.default_size,
+        steps=args.steps if args.steps is not None else settings.default_steps,
+        seed=args.seed if args.seed is not None else random_seed(),
+        negative_prompt=args.negative_prompt,
+        guidance=args.guidance,
+    )
+    try:
+        request = validate_request(request, max_steps=MAX_STEPS)
+    except GenerationError as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    service = _load_service(settings, warm_up=False)
+    if service is None:
+        return EXIT_FAILURE
+    try:
+        result = service.generate(request)
+    except GenerationError as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        service.close()
+    image, seed = result.images[0], result.seeds[0]
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(encode_png(image, parameters_text(request, seed, settings.model_id)))
+        path = args.out
+    else:
+        path, _ = save_png(image, request, seed, settings.model_id, settings.output_dir)
+    log.info("%s in %.1f s (seed %d)", request.size, result.seconds, seed)
+    print(path)
+    return EXIT_OK
+
+
+def run(settings: Settings) -> int:
+    try:
+        token = settings.require_token()
+    except ConfigError as error:
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    from bot.job_store import JobStore, StoreError
+
+    # The job store is opened first: an unusable DATA_DIR is reported before minutes of loading.
+    try:
+        store = JobStore(settings.data_dir)
+    except StoreError as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    service = _load_service(settings, warm_up=True)
+    if service is None:
+        store.close()
+        return EXIT_FAILURE
+    from bot.client import LoginRejected, run_bot
+
+    try:
+        run_bot(settings, service, store, token)
+    except LoginRejected as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        service.close()
+        store.close()
+    return EXIT_OK
+
+
+def _load_service(settings: Settings, *, warm_up: bool):
+    """Print the banner, load the model, log `model ready`; None (after saying why) on failure."""
+    from bot.cache_report import hub_cache_root
+    from bot.model_download import DownloadError
+
+    print(f"zimage-bot: model {settings.model_id} (revision {settings.model_revision})", file=sys.stderr)
+    print(f"zimage-bot: Hugging Face cache {hub_cache_root()}", file=sys.stderr)
+    print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
+    from bot.pipeline_service import ModelLoadError, PipelineService
+
+    try:
+        service = PipelineService(settings)
+    except ModelLoadError as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return None
+    print(
+        f"zimage-bot: device {service.device}, dtype {str(service.dtype).removeprefix('torch.')}, "
+        f"offload {settings.offload}, compile {'on' if service.compile else 'off'}",
+        file=sys.stderr,
+    )
+    try:
+        report = service.load(warm_up=warm_up)
+    except (ModelLoadError, DownloadError) as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        service.close()
+        return None
+    source = "local cache" if report.from_cache else "downloaded"
+    log.info(
+        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s)",
+        report.load_seconds + report.warmup_seconds,
+        source,
+        report.load_seconds,
+        report.warmup_seconds,
+    )
+    return service
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

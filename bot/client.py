@@ -1,0 +1,153 @@
+"""The Discord client: built from the settings and an already-loaded model service.
+
+It connects only after the model is ready (the command line loads it first), loads the cogs in
+`setup_hook`, syncs slash commands only when they changed, and shuts down cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.discord_delivery import DiscordJobPresenter
+from bot.error_tree import ZImageCommandTree
+from bot.job_runner import JobRunner
+from bot.job_store import JobStore
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin", "cogs.history")
+SYNC_STATE_FILE = "command-sync.json"
+SHUTDOWN_GRACE = 25.0  # the contract allows 30 s for the running job; keep a margin for closing
+
+
+class LoginRejected(RuntimeError):
+    """Discord refused the token."""
+
+
+class ZImageBot(commands.Bot):
+    def __init__(self, settings: Settings, service, store: JobStore, **options) -> None:
+        # Slash commands and buttons need no privileged intents; `guilds` keeps channel and
+        # permission data for the guilds the bot is in.
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=ZImageCommandTree,
+            help_command=None,
+            # Nothing the bot echoes (prompts!) may ping anyone unless a message says otherwise.
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.settings = settings
+        self.service = service
+        self.store = store
+        self.runner = JobRunner(settings, service, store)
+        self._shutdown_task: asyncio.Task | None = None
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("could not load %s; the other features still work", extension)
+        presenter = DiscordJobPresenter(self, model_id=self.settings.model_id, paused=lambda: self.runner.queue.paused)
+        await self.runner.start(presenter)
+        await self.sync_commands_if_changed()
+
+    async def sync_commands_if_changed(self) -> bool:
+        """Sync only when the command set differs from the last sync: global syncs are slow and
+        rate-limited, and syncing on every start (or worse, in on_ready) is a known anti-pattern."""
+        guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        commands_json = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                {"guild": self.settings.dev_guild_id, "app": self.application_id, "commands": commands_json},
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        state_file = self.settings.data_dir / SYNC_STATE_FILE
+        previous = await asyncio.to_thread(_read_text, state_file)
+        if previous == fingerprint:
+            log.info("slash commands unchanged since the last sync; not syncing")
+            return False
+        synced = await self.tree.sync(guild=guild)
+        await asyncio.to_thread(state_file.write_text, fingerprint)
+        where = f"guild {self.settings.dev_guild_id}" if guild else "all guilds (may take a while to show)"
+        log.info("synced %d slash commands to %s", len(synced), where)
+        return True
+
+    async def on_ready(self) -> None:
+        log.info(
+            "connected to Discord as %s (id %s) in %d guild(s)",
+            self.user,
+            self.user.id if self.user else "?",
+            len(self.guilds),
+        )
+
+    def request_shutdown(self) -> None:
+        if self._shutdown_task is None:
+            log.info("shutting down: no new jobs; finishing or cancelling the running one")
+            self._shutdown_task = asyncio.create_task(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        try:
+            await self.runner.stop(grace=SHUTDOWN_GRACE)
+        finally:
+            await self.close()
+
+    def is_admin(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id in self.settings.admin_user_ids:
+            return True
+        permissions = interaction.permissions
+        return interaction.guild_id is not None and permissions.administrator
+
+
+def point_at_discord(settings: Settings) -> None:
+    """Honour DISCORD_API_BASE and DISCORD_GATEWAY_URL (a rate-limit proxy or a compatible server)."""
+    discord.http.Route.BASE = settings.discord_api_base
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+async def serve(bot: ZImageBot, token: str) -> None:
+    """Run until closed; SIGTERM and SIGINT start a clean shutdown."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl+C still raises KeyboardInterrupt
+            loop.add_signal_handler(signum, bot.request_shutdown)
+    async with bot:
+        try:
+            await bot.start(token)
+        except discord.LoginFailure as error:
+            raise LoginRejected(
+                "Discord rejected DISCORD_TOKEN (401). Copy a fresh token from the Developer Portal "
+                "(your app > Bot > Reset Token) into .env."
+            ) from error
+    if bot._shutdown_task is not None:
+        await bot._shutdown_task
+
+
+def run_bot(settings: Settings, service, store: JobStore, token: str) -> None:
+    point_at_discord(settings)
+    bot = ZImageBot(settings, service, store)
+    asyncio.run(serve(bot, token))
+
+
+def _read_text(path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None

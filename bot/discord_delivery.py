@@ -1,0 +1,199 @@
+"""Showing jobs in Discord: throttled status edits, and delivery that survives an expired token.
+
+A job's status and result live in the message its interaction created, edited through the
+interaction's webhook token. That token dies after 15 minutes (and is not used across a restart), so
+a result that comes later is posted to the channel with the bot token instead, mentioning only the
+requester, with a nonce so a retry after a crash cannot post it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+
+import discord
+from PIL import Image
+
+from bot.job_messages import cancel_view, result_embed, result_view, status_text
+from bot.job_runner import ActiveJob, OutputFile
+
+log = logging.getLogger(__name__)
+
+# Discord rate-limits edits of one message at about 5 per 5 s; stay well under it.
+MIN_EDIT_INTERVAL = 1.5
+# Stop using the interaction token a little before its 15 minutes are up.
+TOKEN_LIFETIME = 14 * 60
+# Error codes that mean "this interaction token can no longer be used".
+DEAD_TOKEN_CODES = {50027, 10015, 10062, 10008}
+
+
+@dataclass
+class _LiveMessage:
+    """Per-job edit state: at most one edit in flight, the latest state wins."""
+
+    dirty: bool = False
+    finished: bool = False
+    last_edit: float = 0.0
+    task: asyncio.Task | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DiscordJobPresenter:
+    def __init__(self, bot: discord.Client, *, model_id: str, paused: callable) -> None:
+        self.bot = bot
+        self.model_id = model_id
+        self._paused = paused
+        self._live: dict[int, _LiveMessage] = {}
+
+    # ----- live status -----------------------------------------------------------------------
+
+    def show(self, job: ActiveJob) -> None:
+        if not self._token_usable(job):
+            return
+        live = self._live.setdefault(job.job_id, _LiveMessage())
+        if live.finished:
+            return
+        live.dirty = True
+        if live.task is None or live.task.done():
+            live.task = asyncio.create_task(self._edit_loop(job, live), name=f"status-{job.job_id}")
+
+    async def _edit_loop(self, job: ActiveJob, live: _LiveMessage) -> None:
+        while live.dirty and not live.finished:
+            wait = live.last_edit + MIN_EDIT_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if live.finished:
+                return
+            live.dirty = False
+            async with live.lock:
+                if live.finished:
+                    return
+                live.last_edit = time.monotonic()
+                try:
+                    await self._webhook(job).edit_message(
+                        "@original",
+                        content=status_text(job, self._paused()),
+                        view=cancel_view(job.job_id),
+                        embeds=[],
+                        attachments=[],
+                    )
+                except discord.HTTPException as error:
+                    log.debug("status edit of job %d failed: %s", job.job_id, error)
+                    if error.code in DEAD_TOKEN_CODES or error.status == 401:
+                        return
+
+    async def _finish_live(self, job: ActiveJob) -> None:
+        """No status edit may land after the final message, so wait for the one in flight."""
+        live = self._live.pop(job.job_id, None)
+        if live is None:
+            return
+        live.finished = True
+        async with live.lock:
+            pass
+
+    # ----- final messages ----------------------------------------------------------------------
+
+    async def conclude(self, job: ActiveJob, text: str) -> None:
+        await self._finish_live(job)
+        if self._token_usable(job):
+            try:
+                await self._webhook(job).edit_message("@original", content=text, view=None, embeds=[], attachments=[])
+                return
+            except discord.HTTPException as error:
+                if not _token_dead(error):
+                    raise
+        if job.resumed or job.record.state.value in ("failed", "cancelled"):
+            await self._channel(job).send(f"<@{job.user_id}> {text}", allowed_mentions=_only(job.user_id))
+
+    async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
+        await self._finish_live(job)
+        uploads = await asyncio.to_thread(_read_for_upload, files, job.attachment_size_limit)
+        record = job.record
+        embed = result_embed(
+            job.request,
+            [f.seed for f in files],
+            record.seconds,
+            job.job_id,
+            self.model_id,
+            uploads[0][0] if uploads else None,
+        )
+        if self._token_usable(job):
+            try:
+                message = await self._webhook(job).edit_message(
+                    "@original",
+                    content=None,
+                    embed=embed,
+                    attachments=_files(uploads),
+                    view=result_view(job.job_id),
+                )
+                job.record.result_message_id = message.id
+                return
+            except discord.HTTPException as error:
+                if not _token_dead(error):
+                    raise
+                log.info(
+                    "job %d: interaction token no longer valid (%s); posting to the channel", job.job_id, error.code
+                )
+        reason = "the bot restarted" if job.resumed else "the request took longer than Discord allows for replies"
+        await self._channel(job).send(
+            f"<@{job.user_id}> here is your image (posted here because {reason}).",
+            embed=embed,
+            files=_files(uploads),
+            view=result_view(job.job_id),
+            allowed_mentions=_only(job.user_id),
+            nonce=f"zimage-job-{job.job_id}"[:25],  # Discord refuses a second message with this nonce
+        )
+
+    # ----- plumbing ----------------------------------------------------------------------------
+
+    def _token_usable(self, job: ActiveJob) -> bool:
+        return (
+            not job.resumed
+            and job.record.interaction_token is not None
+            and job.application_id is not None
+            and job.token_age < TOKEN_LIFETIME
+        )
+
+    def _webhook(self, job: ActiveJob) -> discord.Webhook:
+        return discord.Webhook.partial(job.application_id, job.record.interaction_token, client=self.bot)
+
+    def _channel(self, job: ActiveJob) -> discord.PartialMessageable:
+        return self.bot.get_partial_messageable(job.record.channel_id, guild_id=job.record.guild_id)
+
+
+def _token_dead(error: discord.HTTPException) -> bool:
+    return error.status == 401 or error.code in DEAD_TOKEN_CODES
+
+
+def _only(user_id: int) -> discord.AllowedMentions:
+    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(user_id)])
+
+
+def _files(uploads: list[tuple[str, bytes]]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in uploads]
+
+
+def _read_for_upload(files: list[OutputFile], limit: int) -> list[tuple[str, bytes]]:
+    """The saved PNGs, or JPEG copies when together they are over the upload limit (blocking)."""
+    uploads = [(file.path.name, file.path.read_bytes()) for file in files]
+    if sum(len(data) for _, data in uploads) <= limit:
+        return uploads
+    for quality, scale in ((92, 1.0), (85, 1.0), (80, 0.75), (75, 0.5)):
+        converted = []
+        for file in files:
+            with Image.open(file.path) as image:
+                rgb = image.convert("RGB")
+                if scale != 1.0:
+                    rgb = rgb.resize((int(rgb.width * scale), int(rgb.height * scale)), Image.LANCZOS)
+                buffer = io.BytesIO()
+                rgb.save(buffer, format="JPEG", quality=quality)
+            converted.append((file.path.with_suffix(".jpg").name, buffer.getvalue()))
+        if sum(len(data) for _, data in converted) <= limit:
+            log.info(
+                "results over the %d-byte upload limit: sent as JPEG (quality %d, scale %.2f)", limit, quality, scale
+            )
+            return converted
+    return converted

@@ -1,0 +1,122 @@
+"""What a job looks like in Discord: status text, the result embed, and the buttons under it.
+
+The buttons are discord.py DynamicItems whose custom_id carries the job id (`zimage:ACTION:ID`), so
+they work on every message the bot ever posted, across restarts. Their behaviour lives in the
+generation cog; this module only builds them.
+"""
+
+from __future__ import annotations
+
+import discord
+
+from bot.generation import GenerationRequest
+
+BUTTON_PREFIX = "zimage"
+PROMPT_PREVIEW = 300
+
+
+def button_id(action: str, job_id: int) -> str:
+    return f"{BUTTON_PREFIX}:{action}:{job_id}"
+
+
+def quote(text: str, limit: int = PROMPT_PREVIEW) -> str:
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return "> " + text
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds + 0.5), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def status_text(job, paused: bool) -> str:
+    """The live line of a waiting or running job (`job` is a job_runner.ActiveJob)."""
+    prompt = quote(job.request.prompt)
+    if job.progress is not None:
+        step = job.progress
+        image = f" · image {step.image_index + 1} of {job.request.count}" if job.request.count > 1 else ""
+        return f"🎨 Generating: step {step.step} of {step.total}{image}\n{prompt}"
+    wait = f", about {format_seconds(job.eta_seconds)} to wait" if job.eta_seconds else ""
+    if paused:
+        return f"⏸️ Queue paused by an admin. You are number {job.position or '?'} in line.\n{prompt}"
+    return f"⏳ Queued: number {job.position or '?'} in line{wait}.\n{prompt}"
+
+
+def result_embed(
+    request: GenerationRequest,
+    seeds: list[int],
+    seconds: float | None,
+    job_id: int,
+    model_id: str,
+    first_file: str | None,
+) -> discord.Embed:
+    title = " ".join(request.prompt.split())
+    embed = discord.Embed(
+        title=title if len(title) <= 256 else title[:255] + "…",
+        description=request.prompt if len(title) > 256 else None,
+        colour=discord.Colour.blurple(),
+    )
+    embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(str(s) for s in seeds))
+    embed.add_field(name="Size", value=str(request.size))
+    embed.add_field(name="Steps", value=str(request.steps))
+    if request.guidance:
+        embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    if seconds is not None:
+        embed.add_field(name="Time", value=format_seconds(seconds))
+    if request.negative_prompt:
+        embed.add_field(name="Negative prompt", value=request.negative_prompt[:1024], inline=False)
+    if first_file:
+        embed.set_image(url=f"attachment://{first_file}")
+    embed.set_footer(text=f"Job {job_id} · {model_id}")
+    return embed
+
+
+def info_embed(record, model_id: str) -> discord.Embed:
+    """Every parameter of a stored job (a job_store.JobRecord), for the Info button and /info."""
+    embed = discord.Embed(title=f"Job {record.id}", description=record.prompt[:4000], colour=discord.Colour.dark_grey())
+    seeds = record.seeds or [record.seed + i for i in range(record.count)]
+    embed.add_field(name="Seeds", value=", ".join(str(s) for s in seeds))
+    embed.add_field(name="Size", value=f"{record.width}x{record.height}")
+    embed.add_field(name="Steps", value=str(record.steps))
+    embed.add_field(name="Guidance", value=f"{record.guidance:g}")
+    embed.add_field(name="Images", value=str(record.count))
+    embed.add_field(name="State", value=record.state.value)
+    if record.negative_prompt:
+        embed.add_field(name="Negative prompt", value=record.negative_prompt[:1024], inline=False)
+    if record.seconds is not None:
+        embed.add_field(name="Time", value=format_seconds(record.seconds))
+    embed.add_field(name="Requested by", value=f"<@{record.user_id}>")
+    embed.add_field(name="Kind", value=record.kind + (f" of job {record.parent_id}" if record.parent_id else ""))
+    embed.set_footer(text=model_id)
+    return embed
+
+
+def _button(label: str, emoji: str, action: str, job_id: int, style: discord.ButtonStyle) -> discord.ui.Button:
+    return discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=button_id(action, job_id))
+
+
+def _static_view(*buttons: discord.ui.Button) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for button in buttons:
+        view.add_item(button)
+    # The clicks are handled by DynamicItems registered on the bot, not by this view, so it is
+    # stopped before sending: discord.py then serialises it without keeping it in memory forever.
+    view.stop()
+    return view
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    return _static_view(
+        _button("Reroll", "🎲", "reroll", job_id, discord.ButtonStyle.primary),
+        _button("Variations", "🔀", "variations", job_id, discord.ButtonStyle.secondary),
+        _button("Info", "ℹ️", "info", job_id, discord.ButtonStyle.secondary),
+        _button("Delete", "🗑️", "delete", job_id, discord.ButtonStyle.danger),
+    )
+
+
+def cancel_view(job_id: int) -> discord.ui.View:
+    return _static_view(_button("Cancel", "✖️", "cancel", job_id, discord.ButtonStyle.secondary))

@@ -1,0 +1,328 @@
+"""From an accepted job to a delivered picture: the queue, the one GPU worker and the delivery line.
+
+Every job is written to the store when it is accepted and moves QUEUED -> RUNNING -> DONE ->
+DELIVERED there, so a restart resumes exactly what was promised. Two asyncio tasks do the work:
+the worker hands one job at a time to the model service's GPU thread; the delivery task encodes,
+saves and posts results in acceptance order, off the GPU's critical path, so the GPU starts the next
+job while the previous one is still being encoded and uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bot.generation import (
+    CancelToken,
+    GenerationCancelled,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    StepProgress,
+)
+from bot.image_size import ImageSize
+from bot.job_queue import GenerationQueue, QueueEntry
+from bot.job_store import JobRecord, JobState, JobStore
+from bot.png_output import save_png
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Discord attachments are limited per message; this is the unboosted server's limit.
+DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class ActiveJob(QueueEntry):
+    """A job the process is working on: its stored record plus what only lives in memory."""
+
+    record: JobRecord = field(default=None, repr=False)  # type: ignore[assignment]
+    request: GenerationRequest = field(default=None, repr=False)  # type: ignore[assignment]
+    cancel: CancelToken = field(default_factory=CancelToken, repr=False)
+    application_id: int | None = None
+    attachment_size_limit: int = DEFAULT_ATTACHMENT_LIMIT
+    resumed: bool = False  # accepted before a restart: its interaction token is gone
+    position: int | None = None
+    eta_seconds: float | None = None
+    progress: StepProgress | None = None
+    cancelled_by: int | None = None
+
+    @property
+    def token_age(self) -> float:
+        created = self.record.token_created_at
+        return time.time() - created if created else float("inf")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: Path
+    seed: int
+
+
+class JobPresenter(Protocol):
+    """How jobs are shown to people; the Discord side implements it."""
+
+    def show(self, job: ActiveJob) -> None:
+        """Schedule a (throttled) update of the job's message from its live state."""
+
+    async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
+        """Post the result; raise if it could not be posted anywhere."""
+
+    async def conclude(self, job: ActiveJob, text: str) -> None:
+        """Replace the job's message with a final text (cancelled, failed, shutting down)."""
+
+
+def record_to_request(record: JobRecord) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=record.prompt,
+        size=ImageSize(record.width, record.height),
+        steps=record.steps,
+        seed=record.seed,
+        negative_prompt=record.negative_prompt,
+        guidance=record.guidance,
+        count=record.count,
+    )
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, service, store: JobStore) -> None:
+        self.settings = settings
+        self.service = service
+        self.store = store
+        self.queue: GenerationQueue[ActiveJob] = GenerationQueue(
+            max_queue=settings.max_queue, max_jobs_per_user=settings.max_jobs_per_user
+        )
+        self.presenter: JobPresenter | None = None
+        self._finished: asyncio.Queue[tuple[ActiveJob, GenerationResult | None]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self.started_at = time.time()
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, presenter: JobPresenter) -> None:
+        self.presenter = presenter
+        await self._resume_unfinished()
+        self._tasks = [
+            asyncio.create_task(self._work(), name="gpu-worker"),
+            asyncio.create_task(self._deliver_results(), name="delivery"),
+        ]
+
+    async def stop(self, grace: float = 25.0) -> None:
+        """Stop taking jobs, tell waiting users, let the running job finish (or cancel it after
+        `grace` seconds; it stays queued in the store and runs after the next start)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        waiting = self.queue.close()
+        for job in waiting:
+            await self._conclude(job, "⏸️ The bot is restarting. Your job is saved and will run when it is back.")
+        running = self.queue.running
+        if running is not None and not await self.queue.wait_for(lambda: self.queue.running is not running, grace):
+            log.info("cancelling job %d for shutdown; it will run again after restart", running.job_id)
+            running.cancel.cancel()  # the GPU thread stops at the end of the current step
+            await self.queue.wait_for(lambda: self.queue.running is not running, 5.0)
+        # Results already made are delivered before the process exits.
+        try:
+            await asyncio.wait_for(self._finished.join(), timeout=10.0)
+        except asyncio.TimeoutError:
+            log.warning("some results were not delivered before shutdown; they will be after restart")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ----- accepting ---------------------------------------------------------------------------
+
+    def check_admission(self, user_id: int) -> None:
+        self.queue.check_admission(user_id)
+
+    async def accept(self, record: JobRecord, *, application_id: int | None, attachment_size_limit: int) -> ActiveJob:
+        """Record the job, then queue it. Raises QueueRefusal when limits say no (nothing is stored)."""
+        self.queue.check_admission(record.user_id)
+        record = await asyncio.to_thread(self.store.add, record)
+        job = self._activate(record, application_id=application_id, attachment_size_limit=attachment_size_limit)
+        await self.queue.put(job, bypass_limits=True)  # limits were checked above; no await in between
+        self._refresh_positions()
+        return job
+
+    def _activate(self, record: JobRecord, **kwargs) -> ActiveJob:
+        assert record.id is not None
+        return ActiveJob(record.id, record.user_id, record=record, request=record_to_request(record), **kwargs)
+
+    # ----- control -----------------------------------------------------------------------------
+
+    def find(self, job_id: int) -> ActiveJob | None:
+        return self.queue.find(job_id)
+
+    async def cancel(self, job_id: int, by_user: int) -> str:
+        """Cancel a waiting or running job; returns what happened, for the person who asked."""
+        job = await self.queue.remove(job_id)
+        if job is not None:
+            job.cancelled_by = by_user
+            await self._mark(job, JobState.CANCELLED, finished_at=time.time())
+            await self._conclude(job, "🚫 Cancelled before it started.")
+            self._refresh_positions()
+            return "cancelled before it started"
+        running = self.queue.running
+        if running is not None and running.job_id == job_id:
+            running.cancelled_by = by_user
+            running.cancel.cancel()  # the GPU thread stops at the end of the current step
+            return "stopping after the current step"
+        return "already finished"
+
+    async def set_paused(self, paused: bool) -> None:
+        await self.queue.set_paused(paused)
+        self._refresh_positions(force=True)
+
+    # ----- the GPU worker ----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            job = await self.queue.get()
+            self._refresh_positions()
+            try:
+                await self._run(job)
+            except Exception:
+                # One bad job must never stop the worker.
+                log.exception("job %d failed unexpectedly", job.job_id)
+                await self._fail(job, "Something went wrong making this image; the error was logged.")
+            finally:
+                await self.queue.finished(job)
+
+    async def _run(self, job: ActiveJob) -> None:
+        if job.cancel.cancelled:
+            return
+        loop = asyncio.get_running_loop()
+        await self._mark(job, JobState.RUNNING, started_at=time.time())
+        job.progress = StepProgress(0, job.request.steps, 0)
+        self._show(job)
+
+        def on_step(step: StepProgress) -> None:  # called on the GPU thread
+            loop.call_soon_threadsafe(self._on_progress, job, step)
+
+        try:
+            future = self.service.submit(job.request, progress=on_step, cancel=job.cancel)
+            result = await asyncio.wrap_future(future)
+        except GenerationCancelled:
+            if self._stopping and job.cancelled_by is None:
+                await self._mark(job, JobState.QUEUED)  # not the user's doing: run it after restart
+            else:
+                await self._mark(job, JobState.CANCELLED, finished_at=time.time())
+                await self._conclude(job, "🚫 Cancelled.")
+            return
+        except GenerationError as error:
+            await self._fail(job, f"⚠️ This job failed: {error}.")
+            return
+        await self._finished.put((job, result))
+
+    def _on_progress(self, job: ActiveJob, step: StepProgress) -> None:
+        job.progress = step
+        self._show(job)
+
+    # ----- delivery ----------------------------------------------------------------------------
+
+    async def _deliver_results(self) -> None:
+        while True:
+            job, result = await self._finished.get()
+            try:
+                files = await self._save(job, result) if result is not None else _files_of(job.record)
+                await self._deliver(job, files)
+            except Exception:
+                log.exception("delivering job %d failed; it stays DONE and is retried after restart", job.job_id)
+            finally:
+                self._finished.task_done()
+
+    async def _save(self, job: ActiveJob, result: GenerationResult) -> list[OutputFile]:
+        """Encode and write the PNGs in a thread: 100-150 ms a 1024x1024 image of CPU work."""
+
+        def save_all() -> list[OutputFile]:
+            outputs = []
+            for image, seed in zip(result.images, result.seeds, strict=True):
+                path, _ = save_png(image, result.request, seed, self.settings.model_id, self.settings.output_dir)
+                outputs.append(OutputFile(path, seed))
+            return outputs
+
+        files = await asyncio.to_thread(save_all)
+        await self._mark(
+            job,
+            JobState.DONE,
+            output_files=[str(file.path) for file in files],
+            seeds=[file.seed for file in files],
+            seconds=result.seconds,
+            finished_at=time.time(),
+        )
+        return files
+
+    async def _deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
+        assert self.presenter is not None
+        attempts = job.record.delivery_attempts + 1
+        await self._update(job, delivery_attempts=attempts)
+        await self.presenter.deliver(job, files)
+        # Compare-and-set: a job is marked delivered once, whoever gets here first.
+        await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED)
+
+    # ----- restart recovery --------------------------------------------------------------------
+
+    async def _resume_unfinished(self) -> None:
+        records = await asyncio.to_thread(self.store.unfinished)
+        for record in records:
+            job = self._activate(record, application_id=None, attachment_size_limit=DEFAULT_ATTACHMENT_LIMIT)
+            job.resumed = True
+            if record.state is JobState.DONE:
+                log.info("job %d was made before the restart; delivering it", record.id)
+                await self._finished.put((job, None))
+            else:
+                log.info("job %d was %s before the restart; queueing it again", record.id, record.state.value)
+                await self._update(job, state=JobState.QUEUED)
+                await self.queue.put(job, bypass_limits=True)
+        if records:
+            log.info("resumed %d unfinished job(s) from before the restart", len(records))
+
+    # ----- helpers -----------------------------------------------------------------------------
+
+    def _refresh_positions(self, force: bool = False) -> None:
+        """Recompute every waiting job's position and wait, and re-show those that changed."""
+        estimate = self.service.estimate_seconds
+        running = self.queue.running
+        ahead = 0.0
+        if running is not None:
+            total = estimate(running.request) or 0.0
+            done = running.progress.step / running.progress.total if running.progress else 0.0
+            ahead = total * (1 - done)
+        for position, job in enumerate(self.queue.waiting(), start=1):
+            own = estimate(job.request)
+            eta = ahead if own is not None else None
+            if force or position != job.position:
+                job.position, job.eta_seconds = position, eta
+                self._show(job)
+            ahead += own or 0.0
+
+    def _show(self, job: ActiveJob) -> None:
+        if self.presenter is not None:
+            self.presenter.show(job)
+
+    async def _conclude(self, job: ActiveJob, text: str) -> None:
+        if self.presenter is None:
+            return
+        try:
+            await self.presenter.conclude(job, text)
+        except Exception:
+            log.exception("could not update the message of job %d", job.job_id)
+
+    async def _fail(self, job: ActiveJob, text: str) -> None:
+        await self._mark(job, JobState.FAILED, error=text, finished_at=time.time())
+        await self._conclude(job, text)
+
+    async def _mark(self, job: ActiveJob, state: JobState, **fields) -> None:
+        await self._update(job, state=state, **fields)
+
+    async def _update(self, job: ActiveJob, **fields) -> None:
+        job.record = await asyncio.to_thread(self.store.update, job.job_id, **fields)
+
+
+def _files_of(record: JobRecord) -> list[OutputFile]:
+    return [OutputFile(Path(path), seed) for path, seed in zip(record.output_files, record.seeds, strict=True)]

@@ -1,0 +1,438 @@
+"""The durable job store: every accepted job, its state and its results, in DATA_DIR/jobs.sqlite3.
+
+It is what makes delivery exactly-once across restarts (a job is acknowledged only after `add`, and
+`transition` is an atomic compare-and-set), what lets buttons work after a restart (they carry a job
+id that is looked up here), and what keeps `/history` and `/status` figures.
+
+Every method blocks; the event loop calls them through `asyncio.to_thread` while the GPU worker
+thread may call them at the same time, so one connection is shared under a lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DB_FILE_NAME = "jobs.sqlite3"
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(RuntimeError):
+    """The job store cannot be used; the message says what the operator should do."""
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # images made and saved, not yet posted to Discord
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE)
+FINISHED_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass
+class JobRecord:
+    id: int | None
+    user_id: int
+    user_name: str
+    guild_id: int | None
+    channel_id: int
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    seed: int
+    guidance: float
+    count: int
+    kind: str = "imagine"  # imagine | reroll | variations
+    parent_id: int | None = None  # the job a Reroll/Variations button came from
+    state: JobState = JobState.QUEUED
+    interaction_id: int | None = None
+    # Valid for 15 minutes; kept so a job can still edit its own message after a quick restart.
+    interaction_token: str | None = None
+    token_created_at: float | None = None
+    status_message_id: int | None = None  # the message that shows queue position and progress
+    result_message_id: int | None = None
+    result_channel_id: int | None = None
+    output_files: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # the seed of each output image
+    error: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    seconds: float | None = None  # generation time of all images together
+    delivery_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class JobStats:
+    jobs_done: int  # DONE and DELIVERED
+    images_done: int
+    mean_seconds_per_image: float | None
+    failed: int
+    cancelled: int
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    jobs_removed: int
+    files_removed: int
+    files_outside_output_dir: int  # listed by a pruned job but left alone
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))
+_UPDATABLE = frozenset(_FIELD_NAMES) - {"id"}
+_JSON_FIELDS = ("output_files", "seeds")
+
+# One entry per schema version: entry N-1 takes the database from version N-1 to N. Entries are
+# statement tuples rather than scripts because `executescript` commits first, and each step must
+# be one transaction together with its `user_version` bump.
+Migration = tuple[str, ...] | Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = [
+    (
+        # AUTOINCREMENT so a pruned job's id is never handed out again: an old button must not
+        # end up acting on somebody else's new job.
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL,
+            user_name TEXT NOT NULL,
+            guild_id INTEGER,
+            channel_id INTEGER NOT NULL,
+            prompt TEXT NOT NULL,
+            negative_prompt TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            steps INTEGER NOT NULL,
+            seed INTEGER NOT NULL,
+            guidance REAL NOT NULL,
+            count INTEGER NOT NULL,
+            kind TEXT NOT NULL DEFAULT 'imagine',
+            parent_id INTEGER,
+            state TEXT NOT NULL DEFAULT 'queued',
+            interaction_id INTEGER,
+            interaction_token TEXT,
+            token_created_at REAL,
+            status_message_id INTEGER,
+            result_message_id INTEGER,
+            result_channel_id INTEGER,
+            output_files TEXT NOT NULL DEFAULT '[]',
+            seeds TEXT NOT NULL DEFAULT '[]',
+            error TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            seconds REAL
+        )""",
+        "CREATE INDEX jobs_state ON jobs (state)",
+    ),
+    (
+        # Counting failed Discord posts lets the bot give up on a message it can never deliver.
+        "ALTER TABLE jobs ADD COLUMN delivery_attempts INTEGER NOT NULL DEFAULT 0",
+        # /history reads a user's newest jobs; without this it scans the whole table.
+        "CREATE INDEX jobs_user_created ON jobs (user_id, created_at)",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _to_column(name: str, value: Any) -> Any:
+    if name == "state":
+        return JobState(value).value  # rejects a misspelt state before it reaches the disk
+    if name == "output_files":
+        return json.dumps([str(path) for path in value])
+    if name == "seeds":
+        return json.dumps([int(seed) for seed in value])
+    return value
+
+
+def _from_row(row: sqlite3.Row) -> JobRecord:
+    values = {name: row[name] for name in _FIELD_NAMES}
+    values["state"] = JobState(values["state"])
+    for name in _JSON_FIELDS:
+        values[name] = json.loads(values[name])
+    return JobRecord(**values)
+
+
+class JobStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / DB_FILE_NAME
+        self._lock = threading.Lock()
+        _check_writable(Path(data_dir))
+        try:
+            # isolation_level=None: the module's implicit transactions are off; every write below
+            # opens its own BEGIN IMMEDIATE so the write lock is taken before anything is read.
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        try:
+            self._open(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    def _open(self, conn: sqlite3.Connection) -> None:
+        def damaged(reason: object) -> StoreError:
+            return StoreError(
+                f"the job store {self.path} is not a readable SQLite database ({reason}). Stop the bot, "
+                f"move it away together with any {DB_FILE_NAME}-wal and {DB_FILE_NAME}-shm beside it "
+                f"(e.g. rename it to {DB_FILE_NAME}.broken) and start again: an empty job store is created"
+            )
+
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            result = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+            if result != ["ok"]:
+                # quick_check can list thousands of problems; the first few say enough.
+                lines = [line for line in "\n".join(result).splitlines() if line and line[0] != "*"]
+                more = f"; {len(lines) - 2} more problems" if len(lines) > 2 else ""
+                raise damaged("; ".join(lines[:2]) + more)
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                # Some network file systems refuse WAL; the store still works, but readers then block.
+                log.warning("Job store %s runs in %s journal mode, not WAL", self.path, mode)
+            # In WAL mode NORMAL fsyncs only at checkpoints. A commit is in the WAL file (the OS page
+            # cache) before it returns, so it survives the process dying in any way, kill -9 included;
+            # only a power cut or kernel crash can lose the last commits, and never corrupts the file.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise damaged(exc) from exc
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the job store {self.path} has schema version {version}, written by a newer zimage-bot; "
+                f"this one knows versions up to {SCHEMA_VERSION}. Upgrade the bot, or move the file away "
+                "to start with an empty job store"
+            )
+        self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        for target in range(1, SCHEMA_VERSION + 1):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # Read again under the write lock: another process may have migrated meanwhile.
+                if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
+                    conn.execute("ROLLBACK")
+                    continue
+                step = MIGRATIONS[target - 1]
+                if callable(step):
+                    step(conn)
+                else:
+                    for statement in step:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if not isinstance(exc, sqlite3.Error):
+                    raise
+                raise StoreError(
+                    f"upgrading the job store {self.path} to schema version {target} failed: {exc}. "
+                    "That step was rolled back; move the file away to start with an empty job store"
+                ) from exc
+            log.info("Job store %s migrated to schema version %d", self.path, target)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"the job store {self.path} is closed")
+            yield self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock at BEGIN, so a second process waits (busy_timeout) there
+        # instead of failing half-way through with "database is locked".
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def add(self, job: JobRecord) -> JobRecord:
+        """Store a new job; returns a copy with `id` (always larger than any before) and `created_at` set."""
+        if job.id is not None:
+            raise ValueError(f"job {job.id} is already stored; adding it again would run it twice")
+        stored = dataclasses.replace(job, state=JobState(job.state), created_at=job.created_at or time.time())
+        names = [name for name in _FIELD_NAMES if name != "id"]
+        values = [_to_column(name, getattr(stored, name)) for name in names]
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values
+            )
+        return dataclasses.replace(stored, id=cursor.lastrowid)
+
+    def get(self, job_id: int) -> JobRecord | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _from_row(row) if row is not None else None
+
+    def update(self, job_id: int, **fields: Any) -> JobRecord:
+        """Set the given fields; raises KeyError for an unknown job, TypeError for an unknown field."""
+        assignments, values = self._assignments(fields)
+        with self._transaction() as conn:
+            if assignments:
+                conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values, job_id])
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return _from_row(row)
+
+    def transition(self, job_id: int, from_states: Iterable[JobState], to_state: JobState, **fields: Any) -> bool:
+        """Move the job to `to_state` (setting `fields` too) only if its state is one of `from_states`.
+
+        One UPDATE with the state in its WHERE clause, so of two callers racing for DONE -> DELIVERED
+        exactly one gets True: that is what makes delivery exactly-once. An unknown job gives False.
+        """
+        sources = [JobState(state).value for state in from_states]
+        if not sources:
+            return False
+        assignments, values = self._assignments({**fields, "state": to_state})
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND state IN ({', '.join('?' * len(sources))})",
+                [*values, job_id, *sources],
+            )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+        unknown = sorted(set(fields) - _UPDATABLE)
+        if unknown:
+            raise TypeError(f"not updatable job fields: {', '.join(unknown)}")
+        # Names are checked against the dataclass above, so formatting them into SQL is safe.
+        return ", ".join(f"{name} = ?" for name in fields), [_to_column(n, v) for n, v in fields.items()]
+
+    def _select(self, sql: str, parameters: Iterable[Any] = ()) -> list[JobRecord]:
+        # A single SELECT outside BEGIN is its own consistent read transaction.
+        with self._connection() as conn:
+            rows = conn.execute(sql, list(parameters)).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def unfinished(self) -> list[JobRecord]:
+        """Queued, running and done-but-undelivered jobs, in the order they were accepted."""
+        return self._select(
+            "SELECT * FROM jobs WHERE state IN (?, ?, ?) ORDER BY created_at, id",
+            [state.value for state in UNFINISHED_STATES],
+        )
+
+    def recent_for_user(self, user_id: int, limit: int = 10) -> list[JobRecord]:
+        return self._select(
+            "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", [user_id, limit]
+        )
+
+    def stats(self) -> JobStats:
+        done = "state IN ('done', 'delivered')"
+        with self._connection() as conn:
+            row = conn.execute(
+                f"""SELECT
+                    COALESCE(SUM({done}), 0),
+                    COALESCE(SUM(CASE WHEN {done} THEN count END), 0),
+                    SUM(CASE WHEN {done} AND seconds IS NOT NULL THEN seconds END),
+                    SUM(CASE WHEN {done} AND seconds IS NOT NULL THEN count END),
+                    COALESCE(SUM(state = 'failed'), 0),
+                    COALESCE(SUM(state = 'cancelled'), 0)
+                FROM jobs"""
+            ).fetchone()
+        jobs_done, images_done, timed_seconds, timed_images, failed, cancelled = tuple(row)
+        # Only jobs that recorded a time count towards the mean, so a job that lost its timing
+        # (e.g. restored from an old backup) does not drag it towards zero.
+        mean = timed_seconds / timed_images if timed_images else None
+        return JobStats(jobs_done, images_done, mean, failed, cancelled)
+
+    def prune(self, *, older_than_days: int, output_dir: Path, now: float | None = None) -> PruneReport:
+        """Delete finished jobs older than the cutoff, and their files that lie inside `output_dir`.
+
+        older_than_days=0 keeps everything. Files go first and rows second, so a crash in between
+        leaves rows whose files are gone, which the next prune removes, rather than untracked files.
+        """
+        if older_than_days <= 0:
+            return PruneReport(0, 0, 0)
+        cutoff = (time.time() if now is None else now) - older_than_days * 86400
+        finished = [state.value for state in FINISHED_STATES]
+        old = self._select(
+            "SELECT * FROM jobs WHERE state IN (?, ?, ?) AND COALESCE(finished_at, created_at) < ?",
+            [*finished, cutoff],
+        )
+        root = Path(output_dir).resolve()
+        files_removed = outside = 0
+        for job in old:
+            for name in job.output_files:
+                # resolve() follows "..", and symlinks, so neither can lead a deletion out of output_dir.
+                path = Path(name).resolve()
+                if path == root or not path.is_relative_to(root):
+                    outside += 1
+                    log.warning("Not deleting %s of job %s: it is outside %s", name, job.id, root)
+                    continue
+                try:
+                    path.unlink()
+                    files_removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("Could not delete %s of job %s: %s", path, job.id, exc)
+        ids = [job.id for job in old]
+        jobs_removed = 0
+        with self._transaction() as conn:
+            # Chunks keep well below SQLite's limit on bound parameters.
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                cursor = conn.execute(
+                    f"DELETE FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) AND state IN (?, ?, ?)",
+                    [*chunk, *finished],
+                )
+                jobs_removed += cursor.rowcount
+        if jobs_removed:
+            log.info("Pruned %d jobs and %d files older than %d days", jobs_removed, files_removed, older_than_days)
+        return PruneReport(jobs_removed, files_removed, outside)
+
+
+def _check_writable(data_dir: Path) -> None:
+    # Checked by writing, not os.access: root passes os.access everywhere, and read-only mounts,
+    # full disks and odd ACLs only show themselves on a real write.
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise StoreError(
+            f"DATA_DIR {data_dir} is not a writable folder ({exc}). Point DATA_DIR at a folder the bot "
+            "can create and write, or fix its permissions"
+        ) from exc

@@ -1,0 +1,33 @@
+"""Fetching the model into the Hugging Face cache (the only code that reaches the network for it)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from huggingface_hub import constants, snapshot_download
+
+log = logging.getLogger(__name__)
+
+
+class DownloadError(RuntimeError):
+    """The model could not be fetched; the message says why and what to do."""
+
+
+def download_model(model_id: str, revision: str) -> Path:
+    """Download (or finish downloading) every file of the model; returns the snapshot folder.
+
+    huggingface_hub keeps partial files as `.incomplete` blobs and resumes them, and skips files
+    already in the cache, so running this again after an interruption continues where it stopped.
+    It shows a progress bar on the terminal.
+    """
+    if constants.HF_HUB_OFFLINE:
+        raise DownloadError(
+            f"{model_id} is not completely in the cache and HF_HUB_OFFLINE is set: "
+            "unset HF_HUB_OFFLINE (or run `zimage-bot download` on a machine with internet access)"
+        )
+    log.info("downloading %s@%s into %s (about 33 GB for Z-Image-Turbo)", model_id, revision, constants.HF_HUB_CACHE)
+    try:
+        return Path(snapshot_download(model_id, revision=revision))
+    except Exception as error:  # the hub raises many types: network, auth, missing repo, disk full
+        raise DownloadError(f"downloading {model_id}@{revision} failed: {error}") from error

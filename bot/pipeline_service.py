@@ -1,0 +1,361 @@
+"""The resident Z-Image pipeline and the one thread that drives it.
+
+This is the only module that imports torch or diffusers. Everything that touches the model (loading,
+warm-up, every generation) runs on a single dedicated worker thread: the scheduler is not
+thread-safe, CUDA work from one thread keeps memory use predictable, and callers on the event loop
+only ever wait on futures.
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from bot.generation import (
+    CancelToken,
+    GenerationCancelled,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    OutOfMemory,
+    ProgressCallback,
+    StepProgress,
+    validate_request,
+)
+from bot.settings import MAX_STEPS, Settings
+
+# Read by diffusers when it is imported: load the shards of each model in parallel.
+os.environ.setdefault("HF_ENABLE_PARALLEL_LOADING", "yes")
+
+import diffusers
+import torch
+
+log = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "a lighthouse on a cliff at sunset, photograph"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to change."""
+
+
+class ServiceState(str, enum.Enum):
+    NEW = "not loaded"
+    LOADING = "loading"
+    WARMING_UP = "warming up"
+    READY = "ready"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    name: str
+    allocated_bytes: int
+    peak_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    from_cache: bool
+    load_seconds: float
+    warmup_seconds: float
+    device: str
+    dtype: str
+
+
+class PipelineService:
+    """Loads the pipeline once and runs every generation on its own single worker thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = _pick_device(settings.device)
+        self.dtype = _pick_dtype(settings.dtype, self.device)
+        self.compile = settings.compile if settings.compile is not None else self.device.type == "cuda"
+        self.state = ServiceState.NEW
+        self.load_report: LoadReport | None = None
+        self.error: str | None = None
+        self._pipe: diffusers.ZImagePipeline | None = None
+        self._state_lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
+        # Seconds per (step x megapixel), measured; feeds the queue's wait estimates.
+        self._seconds_per_step_mp: float | None = None
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    def load(self, *, warm_up: bool = True) -> LoadReport:
+        """Load (and warm up) the model on the worker thread; blocks until it is ready."""
+        with self._state_lock:
+            if self.state is not ServiceState.NEW:
+                raise RuntimeError(f"the model service was already started (state: {self.state.value})")
+            self.state = ServiceState.LOADING
+        try:
+            self.load_report = self._worker.submit(self._load_and_warm_up, warm_up).result()
+        except BaseException as error:
+            self.state = ServiceState.FAILED
+            self.error = str(error)
+            raise
+        self.state = ServiceState.READY
+        return self.load_report
+
+    def close(self) -> None:
+        """Stop taking work; the running job (if any) finishes first."""
+        self.state = ServiceState.CLOSED
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        self._pipe = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ServiceState.READY
+
+    # ----- generation ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Future[GenerationResult]:
+        """Queue a validated request on the worker thread. Bad input raises InvalidRequest here."""
+        request = validate_request(request, max_steps=MAX_STEPS)
+        if not self.ready:
+            raise GenerationError(f"the model is not ready (state: {self.state.value})")
+        return self._worker.submit(self._generate, request, progress, cancel or CancelToken())
+
+    def generate(self, request: GenerationRequest, **kwargs) -> GenerationResult:
+        """Blocking convenience for the command line: submit and wait."""
+        return self.submit(request, **kwargs).result()
+
+    def estimate_seconds(self, request: GenerationRequest) -> float | None:
+        """Expected run time of `request` from what was measured so far; None before any measurement."""
+        if self._seconds_per_step_mp is None:
+            return None
+        megapixels = request.size.pixels / 1e6
+        return self._seconds_per_step_mp * request.steps * megapixels * request.count
+
+    def gpu_memory(self) -> GpuMemory | None:
+        if self.device.type != "cuda":
+            return None
+        # Allocator statistics only: safe to read from any thread, no work is queued on the GPU.
+        index = self.device.index or 0
+        properties = torch.cuda.get_device_properties(index)
+        return GpuMemory(
+            name=properties.name,
+            allocated_bytes=torch.cuda.memory_allocated(index),
+            peak_bytes=torch.cuda.max_memory_allocated(index),
+            total_bytes=properties.total_memory,
+        )
+
+    # ----- worker-thread side ----------------------------------------------------------------
+
+    def _load_and_warm_up(self, warm_up: bool) -> LoadReport:
+        from bot.cache_report import inspect_cache
+        from bot.model_download import download_model
+
+        settings = self.settings
+        report = inspect_cache(settings.model_id, settings.model_revision)
+        from_cache = report.complete
+        if from_cache:
+            log.info(
+                "%s@%s is complete in the local cache (%s)",
+                settings.model_id,
+                settings.model_revision,
+                report.snapshot_dir,
+            )
+        else:
+            log.warning("model not complete in the cache (%s): downloading", "; ".join(report.problems))
+            download_model(settings.model_id, settings.model_revision)
+
+        started = time.perf_counter()
+        self._pipe = self._from_pretrained()
+        load_seconds = time.perf_counter() - started
+        log.info(
+            "loaded in %.1f s (%s) on %s as %s",
+            load_seconds,
+            "local cache" if from_cache else "downloaded",
+            self.device,
+            _dtype_name(self.dtype),
+        )
+
+        warmup_seconds = 0.0
+        if warm_up:
+            self.state = ServiceState.WARMING_UP
+            started = time.perf_counter()
+            self._warm_up()
+            warmup_seconds = time.perf_counter() - started
+            log.info("warm-up took %.1f s", warmup_seconds)
+        return LoadReport(from_cache, load_seconds, warmup_seconds, str(self.device), _dtype_name(self.dtype))
+
+    def _from_pretrained(self) -> diffusers.ZImagePipeline:
+        settings = self.settings
+        offload = settings.offload if self.device.type == "cuda" else "none"
+        if settings.offload != "none" and offload == "none":
+            log.warning("OFFLOAD=%s ignored: offloading needs a CUDA device", settings.offload)
+        kwargs: dict = {"revision": settings.model_revision, "local_files_only": True}
+        kwargs["dtype" if _diffusers_at_least(0, 42) else "torch_dtype"] = self.dtype
+        if offload == "none" and self.device.type == "cuda":
+            kwargs["device_map"] = str(self.device)  # straight onto the GPU, no host copy first
+        try:
+            pipe = diffusers.ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"could not load {settings.model_id}@{settings.model_revision} from the cache: {error}. "
+                "Run `zimage-bot cache-check` to see what is missing."
+            ) from error
+        if offload == "none" and self.device.type != "cuda":
+            pipe.to(self.device)
+        elif offload != "none":
+            _apply_offload(pipe, offload, self.device)
+        pipe.set_progress_bar_config(disable=True)
+        if settings.attention_backend:
+            try:
+                pipe.transformer.set_attention_backend(settings.attention_backend)
+            except (ValueError, ImportError, RuntimeError) as error:
+                raise ModelLoadError(f"ATTENTION_BACKEND={settings.attention_backend!r}: {error}") from error
+        if self.compile:
+            cache_dir = (settings.data_dir / "compile-cache").resolve()
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # A persistent inductor cache turns a 17-27 s compile at every start into a few seconds.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+            os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+            os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        return pipe
+
+    def _warm_up(self) -> None:
+        """Real generations, so the first user's image is as fast as every later one.
+
+        Compiled graphs depend on the image shape, so with compilation every offered size is warmed.
+        """
+        sizes = self.settings.image_sizes if self.compile else self.settings.image_sizes[:1]
+        for size in sizes:
+            request = GenerationRequest(WARMUP_PROMPT, size, self.settings.default_steps, seed=0)
+            self._generate(request, None, CancelToken())
+
+    def _generate(
+        self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
+    ) -> GenerationResult:
+        if cancel.cancelled:
+            raise GenerationCancelled("cancelled before it started")
+        pipe = self._pipe
+        assert pipe is not None, "generation before load"
+        images = []
+        step_seconds: list[float] = []
+        started = time.perf_counter()
+        try:
+            for index, seed in enumerate(request.seeds()):
+                images.append(self._generate_one(pipe, request, seed, index, progress, cancel, step_seconds))
+        except (GenerationCancelled, OutOfMemory):
+            raise
+        except torch.OutOfMemoryError as error:
+            self._free_memory()
+            raise OutOfMemory(
+                f"the GPU ran out of memory at {request.size} ({request.count} image(s)); "
+                "try a smaller size or fewer images"
+            ) from error
+        except Exception as error:
+            log.exception("generation failed for %r", request)
+            self._free_memory()
+            raise GenerationError(f"the model failed on this request ({type(error).__name__})") from error
+        seconds = time.perf_counter() - started
+        self._record_speed(request, seconds)
+        return GenerationResult(request, images, request.seeds(), seconds, step_seconds)
+
+    def _generate_one(self, pipe, request, seed, index, progress, cancel, step_seconds):
+        last_step_at = time.perf_counter()
+
+        def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
+            nonlocal last_step_at
+            now = time.perf_counter()
+            step_seconds.append(now - last_step_at)
+            last_step_at = now
+            if progress is not None:
+                progress(StepProgress(step + 1, request.steps, index))
+            if cancel.cancelled:
+                # Raising leaves the pipeline at once; setting pipe._interrupt would still decode.
+                raise GenerationCancelled("cancelled while running")
+            return callback_kwargs
+
+        # A CPU generator gives the same starting noise, and so the same image, on any machine.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        output = pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            height=request.size.height,
+            width=request.size.width,
+            num_inference_steps=request.steps,  # Turbo settings on every call: the defaults are 50 / 5.0
+            guidance_scale=request.guidance,
+            generator=generator,
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+        )
+        return output.images[0]
+
+    def _record_speed(self, request: GenerationRequest, seconds: float) -> None:
+        sample = seconds / (request.steps * request.size.pixels / 1e6 * request.count)
+        previous = self._seconds_per_step_mp
+        self._seconds_per_step_mp = sample if previous is None else 0.7 * previous + 0.3 * sample
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"DEVICE={name} but torch sees no CUDA GPU (is the CUDA build of torch installed?)")
+    return device
+
+
+def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # bf16 on GPUs (fp16 overflows in this model and gives black images); fp32 on the CPU.
+        return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+    return getattr(torch, name)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _diffusers_at_least(major: int, minor: int) -> bool:
+    parts = diffusers.__version__.split(".")
+    return (int(parts[0]), int(parts[1])) >= (major, minor)
+
+
+def _apply_offload(pipe: diffusers.ZImagePipeline, mode: str, device: torch.device) -> None:
+    """Keep what must be resident on the GPU and stream the transformer's blocks (and, for
+    `sequential`, the text encoder's) from host memory one group at a time, overlapped with compute
+    on a side stream. This is much faster than diffusers' enable_model_cpu_offload, which moves whole
+    models at every call."""
+    from diffusers.hooks import apply_group_offloading
+
+    options = dict(
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=True,
+    )
+    pipe.transformer.enable_group_offload(**options)
+    pipe.vae.to(device)
+    if mode == "sequential":
+        apply_group_offloading(pipe.text_encoder, **options)
+    else:
+        pipe.text_encoder.to(device)

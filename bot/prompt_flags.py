@@ -1,0 +1,86 @@
+"""Midjourney-style flags in a prompt: `--ar 16:9`, `--seed 42`, `--no text`, `--steps 6`.
+
+People paste prompts from other bots, and phones turn a typed `--` into an em-dash, so both count.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from bot.generation import MAX_SEED, InvalidRequest
+from bot.image_size import ImageSize
+
+FLAGS = ("ar", "seed", "no", "steps")
+# A phone's em-dash (and the en-dash some keyboards make) stand for "--".
+_DASHES = re.compile(r"[—–]-?")
+_FLAG = re.compile(r"(?:(?<=\s)|^)--(\w+)")
+
+
+@dataclass(frozen=True)
+class PromptFlags:
+    prompt: str
+    aspect: tuple[int, int] | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+    steps: int | None = None
+
+
+def parse_prompt_flags(text: str) -> PromptFlags:
+    text = _DASHES.sub("--", text)
+    matches = list(_FLAG.finditer(text))
+    if not matches:
+        return PromptFlags(text.strip())
+    values: dict[str, str] = {}
+    for index, match in enumerate(matches):
+        name = match[1].lower()
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        value = text[match.end() : end].strip()
+        if name not in FLAGS:
+            raise InvalidRequest(f"Unknown flag `--{name}`. Supported: --ar W:H, --seed N, --no TEXT, --steps N.")
+        if name in values:
+            raise InvalidRequest(f"`--{name}` is given twice; keep one.")
+        if not value:
+            raise InvalidRequest(f"`--{name}` needs a value, e.g. {_EXAMPLES[name]}.")
+        values[name] = value
+    return PromptFlags(
+        prompt=text[: matches[0].start()].strip(),
+        aspect=_aspect(values["ar"]) if "ar" in values else None,
+        seed=_integer("seed", values["seed"], 0, MAX_SEED) if "seed" in values else None,
+        negative_prompt=values.get("no"),
+        steps=_integer("steps", values["steps"], 1, 10_000) if "steps" in values else None,
+    )
+
+
+_EXAMPLES = {"ar": "`--ar 16:9`", "seed": "`--seed 42`", "no": "`--no text, watermark`", "steps": "`--steps 8`"}
+
+
+def _aspect(value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)", value)
+    if not match or float(match[1]) <= 0 or float(match[2]) <= 0:
+        raise InvalidRequest(f"`--ar {value}` is not an aspect ratio; write it like `--ar 16:9`.")
+    return _ratio(float(match[1]), float(match[2]))
+
+
+def _ratio(width: float, height: float) -> tuple[int, int]:
+    scale = 1000
+    w, h = round(width * scale), round(height * scale)
+    divisor = math.gcd(w, h)
+    return w // divisor, h // divisor
+
+
+def _integer(name: str, value: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"\d+", value):
+        raise InvalidRequest(f"`--{name} {value}` needs a whole number from {low} to {high}.")
+    number = int(value)
+    if not low <= number <= high:
+        raise InvalidRequest(f"`--{name}` must be from {low} to {high} (got {number}).")
+    return number
+
+
+def nearest_size(aspect: tuple[int, int], sizes: tuple[ImageSize, ...]) -> ImageSize:
+    """The offered size whose shape is closest to `aspect` (compared on a log scale, so 2:1 and 1:2
+    are equally far from 1:1)."""
+    wanted = math.log(aspect[0] / aspect[1])
+    return min(sizes, key=lambda size: abs(math.log(size.aspect) - wanted))

@@ -1,0 +1,225 @@
+"""Configuration from the environment and `.env`, validated once at start-up.
+
+Every variable of the public contract is parsed here and nowhere else, so a bad value is reported
+before anything slow (importing torch, loading the model, connecting to Discord) happens.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.image_size import ImageSize
+
+DEFAULT_MODEL_ID = "Tongyi-MAI/Z-Image-Turbo"
+DEFAULT_API_BASE = "https://discord.com/api/v10"
+
+# The model's official presets, the square one first so it is the default.
+RECOMMENDED_SIZES = (
+    "1024x1024,1152x896,896x1152,1152x864,864x1152,1248x832,832x1248,1280x720,720x1280,1344x576,576x1344"
+)
+MAX_STEPS = 50
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+OFFLOAD_MODES = ("none", "model", "sequential")
+DTYPES = ("auto", "bfloat16", "float32")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value the bot cannot use."""
+
+    def __init__(self, variable: str, value: str, allowed: str) -> None:
+        super().__init__(f"{variable}={value!r} is not valid: {allowed}")
+        self.variable = variable
+
+
+def turbo_default_steps() -> int:
+    """The step count that gives Z-Image-Turbo its intended 8 transformer passes.
+
+    diffusers 0.39 changed the schedule so that 8 steps means 8 passes; before that the
+    recommendation was 9, of which the last did nothing.
+    """
+    try:
+        version = importlib.metadata.version("diffusers")
+    except importlib.metadata.PackageNotFoundError:
+        return 8
+    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
+    return 8 if (major, minor) >= (0, 39) else 9
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str | None = None
+    model_id: str = DEFAULT_MODEL_ID
+    model_revision: str = "main"
+    output_dir: Path = Path("outputs")
+    data_dir: Path = Path("data")
+    image_sizes: tuple[ImageSize, ...] = field(
+        default_factory=lambda: tuple(ImageSize.parse(s) for s in RECOMMENDED_SIZES.split(","))
+    )
+    default_steps: int = 8
+    admin_user_ids: frozenset[int] = frozenset()
+    dev_guild_id: int | None = None
+    max_queue: int = 50
+    max_jobs_per_user: int = 3
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "none"
+    attention_backend: str | None = None
+    compile: bool | None = None  # None: decided by the device (on for CUDA, off elsewhere)
+    discord_api_base: str = DEFAULT_API_BASE
+    discord_gateway_url: str | None = None
+    log_level: str = "INFO"
+    retention_days: int = 30
+
+    @property
+    def default_size(self) -> ImageSize:
+        return self.image_sizes[0]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse and validate every variable; raise ConfigError naming the first bad one."""
+        env = _Reader(os.environ if environ is None else environ)
+        default_steps = env.integer("DEFAULT_STEPS", turbo_default_steps(), 1, MAX_STEPS)
+        return cls(
+            discord_token=env.text("DISCORD_TOKEN"),
+            model_id=env.pattern("MODEL_ID", DEFAULT_MODEL_ID, r"[\w.-]+/[\w.-]+", "a repo id like org/name"),
+            model_revision=env.text("MODEL_REVISION") or "main",
+            output_dir=Path(env.text("OUTPUT_DIR") or "outputs"),
+            data_dir=Path(env.text("DATA_DIR") or "data"),
+            image_sizes=env.sizes("IMAGE_SIZES", RECOMMENDED_SIZES),
+            default_steps=default_steps,
+            admin_user_ids=env.snowflakes("ADMIN_USER_IDS"),
+            dev_guild_id=env.snowflake("DEV_GUILD_ID"),
+            max_queue=env.integer("MAX_QUEUE", 50, 1, 10_000),
+            max_jobs_per_user=env.integer("MAX_JOBS_PER_USER", 3, 1, 1_000),
+            device=env.pattern("DEVICE", "auto", r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
+            dtype=env.choice("DTYPE", "auto", DTYPES, why_not={"float16": "float16 gives black images"}),
+            offload=env.choice("OFFLOAD", "none", OFFLOAD_MODES),
+            attention_backend=env.text("ATTENTION_BACKEND"),
+            compile=env.flag("COMPILE"),
+            discord_api_base=env.url("DISCORD_API_BASE", DEFAULT_API_BASE, ("http://", "https://")),
+            discord_gateway_url=env.url("DISCORD_GATEWAY_URL", None, ("ws://", "wss://")),
+            log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            retention_days=env.integer("RETENTION_DAYS", 30, 0, 36_500),
+        )
+
+    def require_token(self) -> str:
+        if not self.discord_token:
+            raise ConfigError(
+                "DISCORD_TOKEN", "", "set it to your bot's token (Developer Portal > your app > Bot > Reset Token)"
+            )
+        return self.discord_token
+
+
+class _Reader:
+    """Reads one variable at a time and says exactly what is wrong with it."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._env = environ
+
+    def text(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, raw, f"a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ConfigError(name, raw, f"a whole number from {low} to {high}")
+        return value
+
+    def choice(
+        self,
+        name: str,
+        default: str,
+        allowed: tuple[str, ...],
+        *,
+        upper: bool = False,
+        why_not: Mapping[str, str] | None = None,
+    ) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        value = raw.upper() if upper else raw.lower()
+        if value not in allowed:
+            reason = (why_not or {}).get(value)
+            hint = f"one of {', '.join(allowed)}" + (f" ({reason})" if reason else "")
+            raise ConfigError(name, raw, hint)
+        return value
+
+    def pattern(self, name: str, default: str, regex: str, allowed: str) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if not re.fullmatch(regex, raw):
+            raise ConfigError(name, raw, allowed)
+        return raw
+
+    def flag(self, name: str) -> bool | None:
+        raw = self.text(name)
+        if raw is None or raw.lower() == "auto":
+            return None
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ConfigError(name, raw, "auto, 1/true/yes/on or 0/false/no/off")
+
+    def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if not raw.startswith(schemes) or len(raw) <= len(raw.split("//")[0]) + 2:
+            raise ConfigError(name, raw, f"a URL starting with {' or '.join(schemes)}")
+        return raw.rstrip("/")
+
+    def snowflake(self, name: str) -> int | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if not raw.isdigit():
+            raise ConfigError(name, raw, "a numeric Discord id (Developer Mode > right click > Copy ID)")
+        return int(raw)
+
+    def snowflakes(self, name: str) -> frozenset[int]:
+        raw = self.text(name)
+        if raw is None:
+            return frozenset()
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        if not all(part.isdigit() for part in parts):
+            raise ConfigError(name, raw, "comma-separated numeric Discord user ids")
+        return frozenset(int(part) for part in parts)
+
+    def sizes(self, name: str, default: str) -> tuple[ImageSize, ...]:
+        raw = self.text(name) or default
+        sizes: list[ImageSize] = []
+        for part in raw.split(","):
+            try:
+                size = ImageSize.parse(part.strip())
+            except ValueError as error:
+                raise ConfigError(name, raw, str(error)) from None
+            if size not in sizes:
+                sizes.append(size)
+        if len(sizes) > 25:
+            raise ConfigError(name, raw, "at most 25 sizes (Discord shows at most 25 choices)")
+        return tuple(sizes)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )

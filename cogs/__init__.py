@@ -1,0 +1,1 @@
+"""Discord features, one a module, each loaded as a discord.py extension."""

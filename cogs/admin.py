@@ -1,0 +1,82 @@
+"""Admin-only commands: /cache-check, and /queue pause, resume and cancel.
+
+Who is an admin: a user id in ADMIN_USER_IDS, or anyone with the Administrator permission in the
+guild. `default_permissions` only hides the commands in Discord's client; the check here is what
+actually keeps everyone else out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cache_report import inspect_cache
+from bot.error_tree import NotAllowed
+
+
+def admin_only():
+    async def predicate(interaction: discord.Interaction) -> bool:
+        if not interaction.client.is_admin(interaction):  # type: ignore[attr-defined]
+            raise NotAllowed("This command is for the bot's admins only.")
+        return True
+
+    return app_commands.check(predicate)
+
+
+class Admin(commands.Cog):
+    queue = app_commands.Group(
+        name="queue",
+        description="Pause, resume or cancel jobs (admins)",
+        default_permissions=discord.Permissions(administrator=True),
+    )
+
+    def __init__(self, bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="cache-check", description="Report on the model in the Hugging Face cache (admins)")
+    @app_commands.default_permissions(administrator=True)
+    @admin_only()
+    async def cache_check(self, interaction: discord.Interaction) -> None:
+        """Report on the model in the Hugging Face cache (admins)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        settings = self.bot.settings
+        # Scanning a 33 GB cache touches many files: never on the event loop.
+        report = await asyncio.to_thread(inspect_cache, settings.model_id, settings.model_revision)
+        embed = discord.Embed(
+            title="Model cache: " + ("complete" if report.complete else "NOT complete"),
+            colour=discord.Colour.green() if report.complete else discord.Colour.red(),
+        )
+        for label, value in report.rows()[:25]:
+            embed.add_field(
+                name=label, value=value[:1024], inline=label not in ("Cache root", "Model folder", "Problem")
+            )
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+    @queue.command(name="pause", description="Stop starting new jobs (the running one finishes)")
+    @admin_only()
+    async def pause(self, interaction: discord.Interaction) -> None:
+        """Stop starting new jobs (the running one finishes)."""
+        await self.bot.runner.set_paused(True)
+        await interaction.response.send_message("⏸️ Queue paused. `/queue resume` starts it again.", ephemeral=True)
+
+    @queue.command(name="resume", description="Start running queued jobs again")
+    @admin_only()
+    async def resume(self, interaction: discord.Interaction) -> None:
+        """Start running queued jobs again."""
+        await self.bot.runner.set_paused(False)
+        await interaction.response.send_message("▶️ Queue resumed.", ephemeral=True)
+
+    @queue.command(name="cancel", description="Cancel anyone's queued or running job")
+    @app_commands.describe(job="The job number (shown under each image and in /history)")
+    @admin_only()
+    async def cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        """Cancel anyone's queued or running job."""
+        outcome = await self.bot.runner.cancel(job, interaction.user.id)
+        await interaction.response.send_message(f"Job {job}: {outcome}.", ephemeral=True)
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,214 @@
+"""/imagine and the buttons on its messages: Reroll, Variations, Info, Delete and Cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.error_tree import NotAllowed, report_error
+from bot.generation import (
+    MAX_COUNT,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    GenerationRequest,
+    InvalidRequest,
+    random_seed,
+    validate_request,
+)
+from bot.image_size import ImageSize
+from bot.job_messages import BUTTON_PREFIX, info_embed
+from bot.job_queue import QueueRefusal
+from bot.job_store import JobRecord
+from bot.prompt_flags import nearest_size, parse_prompt_flags
+from bot.settings import MAX_STEPS
+
+log = logging.getLogger(__name__)
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=BUTTON_PREFIX + r":(?P<action>reroll|variations|info|delete|cancel):(?P<job_id>\d+)",
+):
+    """Any button on a job's message, before or after a restart: the job id is in the custom_id."""
+
+    def __init__(self, action: str, job_id: int) -> None:
+        super().__init__(discord.ui.Button(custom_id=f"{BUTTON_PREFIX}:{action}:{job_id}"))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
+        return cls(match["action"], int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog: Generation | None = interaction.client.get_cog("Generation")  # type: ignore[union-attr]
+        try:
+            if cog is None:
+                raise InvalidRequest("Image generation is not available right now.")
+            await cog.on_button(interaction, self.action, self.job_id)
+        except Exception as error:
+            await report_error(interaction, error)
+
+
+class Generation(commands.Cog):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        self.settings = bot.settings
+        self.runner = bot.runner
+        # The size choices come from IMAGE_SIZES, which is only known at run time.
+        self.imagine._params["size"].choices = [
+            app_commands.Choice(name=_size_label(size, index == 0), value=str(size))
+            for index, size in enumerate(self.settings.image_sizes)
+        ]
+
+    @app_commands.command(name="imagine", description="Make a picture from a text prompt")
+    @app_commands.describe(
+        prompt="What to draw. Flags work too: --ar 16:9 --seed 42 --no text --steps 8",
+        size="Width x height in pixels",
+        seed="Same prompt, size, steps and seed give the same picture",
+        steps="More steps: slower, sometimes finer",
+        negative_prompt="What to avoid (only used when guidance is above 0)",
+        guidance="Prompt adherence; Turbo is made for 0",
+        count="How many pictures (1-4)",
+    )
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        size: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        negative_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
+        guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+    ) -> None:
+        """Make a picture from a text prompt."""
+        request = self.build_request(prompt, size, seed, steps, negative_prompt, guidance, count)
+        await self.enqueue(interaction, request, kind="imagine")
+
+    def build_request(
+        self,
+        prompt: str,
+        size: str | None,
+        seed: int | None,
+        steps: int | None,
+        negative_prompt: str | None,
+        guidance: float | None,
+        count: int | None,
+    ) -> GenerationRequest:
+        """Options win over flags in the prompt; every value is checked again here, since a
+        client can send anything regardless of what was declared to Discord."""
+        flags = parse_prompt_flags(prompt)
+        sizes = self.settings.image_sizes
+        if size is not None:
+            try:
+                chosen = ImageSize.parse(size)
+            except ValueError as error:
+                raise InvalidRequest(str(error).capitalize() + ".") from None
+        elif flags.aspect is not None:
+            chosen = nearest_size(flags.aspect, sizes)
+        else:
+            chosen = self.settings.default_size
+        request = GenerationRequest(
+            prompt=flags.prompt,
+            size=chosen,
+            steps=_first(steps, flags.steps, self.settings.default_steps),
+            seed=_first(seed, flags.seed, random_seed()),
+            negative_prompt=_first(negative_prompt, flags.negative_prompt, ""),
+            guidance=_first(guidance, None, 0.0),
+            count=_first(count, None, 1),
+        )
+        return validate_request(request, max_steps=MAX_STEPS, allowed_sizes=sizes)
+
+    async def enqueue(
+        self, interaction: discord.Interaction, request: GenerationRequest, *, kind: str, parent_id: int | None = None
+    ) -> None:
+        """Acknowledge at once, then record and queue the job. Refusals are private and queue nothing."""
+        self.runner.check_admission(interaction.user.id)
+        await interaction.response.defer(thinking=True)
+        record = JobRecord(
+            id=None,
+            user_id=interaction.user.id,
+            user_name=str(interaction.user),
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.size.width,
+            height=request.size.height,
+            steps=request.steps,
+            seed=request.seed,
+            guidance=request.guidance,
+            count=request.count,
+            kind=kind,
+            parent_id=parent_id,
+            interaction_id=interaction.id,
+            interaction_token=interaction.token,
+            token_created_at=time.time(),
+        )
+        try:
+            await self.runner.accept(
+                record,
+                application_id=interaction.application_id,
+                attachment_size_limit=interaction.attachment_size_limit,
+            )
+        except QueueRefusal as refusal:  # the queue filled up between the check and now
+            await interaction.edit_original_response(content=f"🚫 {refusal}")
+
+    # ----- buttons -------------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        record = await asyncio.to_thread(self.bot.store.get, job_id)
+        if record is None:
+            raise InvalidRequest(
+                f"Job {job_id} no longer exists (old jobs are removed after {self.settings.retention_days} days). "
+                "Use /imagine to make a new one."
+            )
+        if action == "info":
+            await interaction.response.send_message(embed=info_embed(record, self.settings.model_id), ephemeral=True)
+        elif action in ("reroll", "variations"):
+            count = record.count if action == "reroll" else MAX_COUNT
+            request = GenerationRequest(
+                prompt=record.prompt,
+                size=ImageSize(record.width, record.height),
+                steps=record.steps,
+                seed=random_seed(),
+                negative_prompt=record.negative_prompt,
+                guidance=record.guidance,
+                count=count,
+            )
+            await self.enqueue(interaction, request, kind=action, parent_id=job_id)
+        elif action == "delete":
+            self._require_owner_or_admin(interaction, record.user_id, "delete this image")
+            await interaction.response.send_message("🗑️ Deleted.", ephemeral=True)
+            if interaction.message is not None:
+                await interaction.message.delete()
+        elif action == "cancel":
+            self._require_owner_or_admin(interaction, record.user_id, "cancel this job")
+            outcome = await self.runner.cancel(job_id, interaction.user.id)
+            await interaction.response.send_message(f"Job {job_id}: {outcome}.", ephemeral=True)
+
+    def _require_owner_or_admin(self, interaction: discord.Interaction, owner_id: int, what: str) -> None:
+        if interaction.user.id != owner_id and not self.bot.is_admin(interaction):
+            raise NotAllowed(f"Only the person who asked for it or an admin can {what}.")
+
+
+def _first(*values):
+    return next((value for value in values if value is not None), None)
+
+
+def _size_label(size: ImageSize, default: bool) -> str:
+    shape = "square" if size.width == size.height else ("landscape" if size.width > size.height else "portrait")
+    return f"{size} ({shape}{', default' if default else ''})"
+
+
+async def setup(bot) -> None:
+    bot.add_dynamic_items(JobButton)
+    await bot.add_cog(Generation(bot))

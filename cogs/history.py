@@ -1,0 +1,50 @@
+"""/history and /info: a user's recent jobs and one job's full parameters, from the job store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.generation import InvalidRequest
+from bot.job_messages import info_embed, quote
+
+HISTORY_LENGTH = 10
+
+
+class History(commands.Cog):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="history", description="Your recent images, with prompts and seeds")
+    async def history(self, interaction: discord.Interaction) -> None:
+        """Your recent images, with prompts and seeds."""
+        records = await asyncio.to_thread(self.bot.store.recent_for_user, interaction.user.id, HISTORY_LENGTH)
+        if not records:
+            await interaction.response.send_message("You have no jobs yet. Try `/imagine`.", ephemeral=True)
+            return
+        embed = discord.Embed(title="Your recent jobs", colour=discord.Colour.blurple())
+        for record in records:
+            seeds = ", ".join(str(seed) for seed in (record.seeds or [record.seed]))
+            embed.add_field(
+                name=f"Job {record.id} · {record.state.value} · {record.width}x{record.height}",
+                value=f"{quote(record.prompt, 200)}\nseed {seeds} · steps {record.steps}",
+                inline=False,
+            )
+        embed.set_footer(text="/info job:<number> shows every parameter; --seed N in a prompt makes one again")
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="info", description="Every parameter of one job")
+    @app_commands.describe(job="The job number (shown under each image and in /history)")
+    async def info(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        """Every parameter of one job."""
+        record = await asyncio.to_thread(self.bot.store.get, job)
+        if record is None:
+            raise InvalidRequest(f"There is no job {job} (old jobs are removed after a while).")
+        await interaction.response.send_message(embed=info_embed(record, self.bot.settings.model_id), ephemeral=True)
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(History(bot))

@@ -1,0 +1,64 @@
+"""/status: what the bot is doing, for anyone, answered at once even while an image is being made."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cache_report import format_bytes, hub_cache_root
+from bot.job_messages import format_seconds
+
+
+class Status(commands.Cog):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="status", description="What the bot is doing: model, GPU, queue, speed")
+    async def status(self, interaction: discord.Interaction) -> None:
+        """What the bot is doing: model, GPU, queue, speed."""
+        embed = await self.build_embed()
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    async def build_embed(self) -> discord.Embed:
+        bot, settings, service, runner = self.bot, self.bot.settings, self.bot.service, self.bot.runner
+        stats = await asyncio.to_thread(bot.store.stats)  # a quick SQLite read, still off the loop
+        report = service.load_report
+        ready = service.ready and not runner.queue.closed
+        embed = discord.Embed(
+            title="zimage-bot status",
+            colour=discord.Colour.green() if ready else discord.Colour.orange(),
+        )
+        state = "ready" if ready else ("shutting down" if runner.queue.closed else service.state.value)
+        if runner.queue.paused:
+            state += " (queue paused)"
+        embed.add_field(name="State", value=state)
+        embed.add_field(name="Model", value=f"{settings.model_id}\n@ {settings.model_revision}")
+        embed.add_field(name="Device", value=f"{service.device} · {str(service.dtype).removeprefix('torch.')}")
+        memory = service.gpu_memory()
+        if memory is not None:
+            embed.add_field(
+                name="GPU memory",
+                value=f"{memory.name}\n{format_bytes(memory.allocated_bytes)} used"
+                f" of {format_bytes(memory.total_bytes)} (peak {format_bytes(memory.peak_bytes)})",
+            )
+        if report is not None:
+            source = "local cache" if report.from_cache else "downloaded at start"
+            embed.add_field(name="Load", value=f"{format_seconds(report.load_seconds)} ({source})")
+            embed.add_field(name="Warm-up", value=format_seconds(report.warmup_seconds))
+        embed.add_field(name="Cache folder", value=f"`{hub_cache_root()}`", inline=False)
+        running = runner.queue.running
+        queue_text = f"{len(runner.queue)} waiting" + (", 1 running" if running else "")
+        embed.add_field(name="Queue", value=queue_text)
+        embed.add_field(name="Jobs done", value=f"{stats.jobs_done} ({stats.images_done} images)")
+        mean = stats.mean_seconds_per_image
+        embed.add_field(name="Mean time per image", value=format_seconds(mean) if mean is not None else "no data yet")
+        embed.add_field(name="Uptime", value=format_seconds(time.time() - runner.started_at))
+        return embed
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Status(bot))

@@ -1,0 +1,88 @@
+"""Shared fixtures: an offline Hugging Face cache holding a tiny random-weight Z-Image model.
+
+huggingface_hub reads HF_HOME and HF_HUB_OFFLINE once, when it is first imported, so they are set
+here, before any test module (or the bot) can import it. Nothing in the suite reaches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_HF_HOME = Path(tempfile.mkdtemp(prefix="zimage-tests-hf-"))
+os.environ["HF_HOME"] = str(_HF_HOME)
+os.environ["HF_HUB_CACHE"] = str(_HF_HOME / "hub")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)
+# A dead endpoint: if anything tried the network despite the offline flag, it would fail fast.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+
+import pytest  # noqa: E402
+
+from tiny_model import TINY_REPO_ID, build_tiny_model, install_copy  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+HUB_CACHE = _HF_HOME / "hub"
+TINY_SIZES = "64x64,96x64,64x96"
+
+
+@pytest.fixture(scope="session")
+def hub_cache() -> Path:
+    """The process-wide cache (HF_HUB_CACHE) with the tiny model in it, built once."""
+    build_tiny_model(HUB_CACHE)
+    return HUB_CACHE
+
+
+@pytest.fixture
+def own_hub_cache(hub_cache: Path, tmp_path: Path) -> Path:
+    """A private copy of the cache that a test may damage."""
+    destination = tmp_path / "hf" / "hub"
+    install_copy(hub_cache, destination)
+    return destination
+
+
+def tiny_env(tmp_path: Path, hub: Path | None = None, **overrides: str) -> dict[str, str]:
+    """Environment for running `zimage-bot` in a subprocess against the tiny model."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DISCORD_", "PYTEST_"))}
+    hub = hub or HUB_CACHE
+    env.update(
+        HF_HOME=str(hub.parent),
+        HF_HUB_CACHE=str(hub),
+        MODEL_ID=TINY_REPO_ID,
+        IMAGE_SIZES=TINY_SIZES,
+        DEFAULT_STEPS="2",
+        DEVICE="cpu",
+        COMPILE="0",
+        OUTPUT_DIR=str(tmp_path / "outputs"),
+        DATA_DIR=str(tmp_path / "data"),
+        PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path, hub_cache: Path):
+    from bot.settings import Settings
+
+    return Settings.from_env(tiny_env(tmp_path, hub_cache))
+
+
+@pytest.fixture(scope="session")
+def loaded_service(hub_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One resident tiny pipeline for the whole session, as `zimage-bot run` would hold it."""
+    from bot.pipeline_service import PipelineService
+    from bot.settings import Settings
+
+    settings = Settings.from_env(tiny_env(tmp_path_factory.mktemp("service"), hub_cache))
+    service = PipelineService(settings)
+    service.load()
+    yield service
+    service.close()
+
+
+PYTHON = sys.executable

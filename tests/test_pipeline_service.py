@@ -1,0 +1,185 @@
+"""The resident pipeline on its one worker thread, with the real diffusers ZImagePipeline (tiny model)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from bot.generation import (
+    CancelToken,
+    GenerationCancelled,
+    GenerationError,
+    GenerationRequest,
+    InvalidRequest,
+    StepProgress,
+)
+from bot.image_size import ImageSize
+from bot.pipeline_service import PipelineService, ServiceState
+from conftest import tiny_env
+
+SMALL = ImageSize(64, 64)
+
+
+def request(**overrides) -> GenerationRequest:
+    values = dict(prompt="a red fox in the snow", size=SMALL, steps=2, seed=7)
+    values.update(overrides)
+    return GenerationRequest(**values)
+
+
+def pixels(result, index=0):
+    return np.asarray(result.images[index])
+
+
+def test_loads_from_the_cache_and_warms_up(loaded_service):
+    report = loaded_service.load_report
+    assert loaded_service.state is ServiceState.READY
+    assert report.from_cache is True
+    assert report.device == "cpu" and report.dtype == "float32"
+    assert report.load_seconds > 0 and report.warmup_seconds > 0
+    assert loaded_service.estimate_seconds(request()) is not None  # warm-up measured the speed
+
+
+def test_loading_twice_is_impossible(loaded_service):
+    with pytest.raises(RuntimeError, match="already started"):
+        loaded_service.load()
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(loaded_service):
+    first = loaded_service.generate(request(seed=123))
+    again = loaded_service.generate(request(seed=123))
+    other = loaded_service.generate(request(seed=124))
+    assert first.images[0].size == (64, 64)
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(other))
+    assert first.seeds == [123]
+
+
+def test_sizes_and_counts(loaded_service):
+    result = loaded_service.generate(request(size=ImageSize(96, 64), count=2, seed=10))
+    assert [image.size for image in result.images] == [(96, 64), (96, 64)]
+    assert result.seeds == [10, 11]
+    # Image i of a batch is the same picture as a single job with its seed.
+    single = loaded_service.generate(request(size=ImageSize(96, 64), seed=11))
+    assert np.array_equal(pixels(result, 1), pixels(single))
+
+
+def test_progress_callback_sees_every_step_on_the_worker_thread(loaded_service):
+    seen: list[tuple[StepProgress, str]] = []
+    loaded_service.generate(
+        request(steps=4, count=2), progress=lambda step: seen.append((step, threading.current_thread().name))
+    )
+    assert [(s.step, s.total, s.image_index) for s, _ in seen] == [
+        (1, 4, 0), (2, 4, 0), (3, 4, 0), (4, 4, 0), (1, 4, 1), (2, 4, 1), (3, 4, 1), (4, 4, 1),
+    ]
+    assert {name for _, name in seen} == {"zimage-gpu_0"}
+
+
+def test_cancellation_stops_a_running_job_and_the_next_one_runs(loaded_service):
+    cancel = CancelToken()
+    steps_seen = []
+
+    def on_step(step: StepProgress) -> None:
+        steps_seen.append(step.step)
+        if step.step == 2:
+            cancel.cancel()
+
+    with pytest.raises(GenerationCancelled):
+        loaded_service.generate(request(steps=6), progress=on_step, cancel=cancel)
+    assert steps_seen == [1, 2]  # stopped right after the step that asked for it
+    assert loaded_service.generate(request()).images
+
+
+def test_a_job_cancelled_while_waiting_never_starts(loaded_service):
+    cancel = CancelToken()
+    cancel.cancel()
+    steps_seen = []
+    with pytest.raises(GenerationCancelled, match="before it started"):
+        loaded_service.generate(request(), progress=steps_seen.append, cancel=cancel)
+    assert steps_seen == []
+
+
+def test_a_failing_job_does_not_stop_the_worker(loaded_service):
+    def explode(step: StepProgress) -> None:
+        raise RuntimeError("boom inside the pipeline call")
+
+    with pytest.raises(GenerationError, match="the model failed on this request"):
+        loaded_service.generate(request(), progress=explode)
+    result = loaded_service.generate(request(seed=5))
+    assert len(result.images) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"size": ImageSize(70, 64)}, "multiples of 16"),
+        ({"size": ImageSize(4096, 64)}, "from 64 to 2048"),
+        ({"steps": 0}, "Steps must be from 1 to 50"),
+        ({"steps": 51}, "Steps must be from 1 to 50"),
+        ({"seed": -1}, "Seed must be from 0 to 4294967295"),
+        ({"seed": 2**32}, "Seed must be from 0 to 4294967295"),
+        ({"prompt": "   "}, "The prompt is empty"),
+        ({"prompt": "x" * 1501}, "shorten it to at most 1500"),
+        ({"count": 5}, "Count must be from 1 to 4"),
+        ({"guidance": -1.0}, "Guidance must be from 0"),
+    ],
+)
+def test_invalid_requests_are_rejected_before_the_pipeline(loaded_service, changes, message):
+    steps_seen = []
+    with pytest.raises(InvalidRequest, match=message):
+        loaded_service.submit(request(**changes), progress=steps_seen.append)
+    assert steps_seen == []
+
+
+def test_submit_before_load_is_refused(tiny_settings):
+    service = PipelineService(tiny_settings)
+    try:
+        with pytest.raises(GenerationError, match="not ready"):
+            service.submit(request())
+    finally:
+        service.close()
+
+
+class ConnectionCounter:
+    """A TCP listener standing in for the hub: it counts every connection attempt."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_cached_model_loads_without_the_offline_flag_and_never_touches_the_network(hub_cache, tmp_path):
+    counter = ConnectionCounter()
+    try:
+        env = tiny_env(tmp_path, hub_cache, HF_ENDPOINT=f"http://127.0.0.1:{counter.port}")
+        env.pop("HF_HUB_OFFLINE")
+        out = tmp_path / "fox.png"
+        result = subprocess.run(
+            [sys.executable, "-m", "bot", "generate", "a fox", "--seed", "3", "--out", str(out)],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        counter.close()
+    assert result.returncode == 0, result.stderr
+    assert "(local cache" in result.stderr
+    assert counter.connections == 0
+    assert out.is_file()

@@ -1,0 +1,131 @@
+"""Every configuration variable is validated at start-up with an error that says what to change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bot.image_size import ImageSize
+from bot.settings import ConfigError, Settings, turbo_default_steps
+from conftest import PROJECT_ROOT, tiny_env
+
+
+def test_defaults_follow_the_contract():
+    settings = Settings.from_env({})
+    assert settings.model_id == "Tongyi-MAI/Z-Image-Turbo"
+    assert settings.model_revision == "main"
+    assert settings.default_size == ImageSize(1024, 1024)
+    assert ImageSize(1344, 576) in settings.image_sizes and len(settings.image_sizes) == 11
+    assert settings.default_steps == turbo_default_steps() == 8  # diffusers >= 0.39 is installed
+    assert settings.offload == "none" and settings.device == "auto" and settings.compile is None
+    assert settings.discord_api_base == "https://discord.com/api/v10"
+    assert settings.discord_gateway_url is None
+    assert settings.admin_user_ids == frozenset() and settings.dev_guild_id is None
+    assert settings.log_level == "INFO"
+
+
+def test_values_are_parsed():
+    settings = Settings.from_env(
+        {
+            "IMAGE_SIZES": "512x512, 768x512,512x512",
+            "ADMIN_USER_IDS": "1, 22,333",
+            "DEV_GUILD_ID": "42",
+            "MAX_QUEUE": "7",
+            "MAX_JOBS_PER_USER": "2",
+            "COMPILE": "yes",
+            "OFFLOAD": "Sequential",
+            "LOG_LEVEL": "debug",
+            "DISCORD_API_BASE": "http://127.0.0.1:5000/api/v10/",
+            "DISCORD_GATEWAY_URL": "ws://127.0.0.1:5000/gateway",
+            "DTYPE": "float32",
+            "DEVICE": "cuda:1",
+        }
+    )
+    assert settings.image_sizes == (ImageSize(512, 512), ImageSize(768, 512))
+    assert settings.admin_user_ids == {1, 22, 333}
+    assert settings.dev_guild_id == 42
+    assert (settings.max_queue, settings.max_jobs_per_user) == (7, 2)
+    assert settings.compile is True and settings.offload == "sequential" and settings.log_level == "DEBUG"
+    assert settings.discord_api_base == "http://127.0.0.1:5000/api/v10"
+    assert settings.dtype == "float32" and settings.device == "cuda:1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "hint"),
+    [
+        ("IMAGE_SIZES", "1000x1000", "multiples of 16"),
+        ("IMAGE_SIZES", "big", "WIDTHxHEIGHT"),
+        ("IMAGE_SIZES", "16x16", "from 64 to 2048"),
+        ("DEFAULT_STEPS", "0", "from 1 to 50"),
+        ("DEFAULT_STEPS", "eight", "whole number"),
+        ("MAX_QUEUE", "-1", "whole number"),
+        ("MAX_JOBS_PER_USER", "0", "whole number"),
+        ("ADMIN_USER_IDS", "123,abc", "numeric Discord user ids"),
+        ("DEV_GUILD_ID", "my-guild", "numeric Discord id"),
+        ("DEVICE", "gpu", "auto, cpu, mps, cuda"),
+        ("DTYPE", "float16", "black images"),
+        ("OFFLOAD", "all", "none, model, sequential"),
+        ("COMPILE", "maybe", "auto, 1/true"),
+        ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+        ("DISCORD_API_BASE", "discord.com/api", "http://"),
+        ("DISCORD_GATEWAY_URL", "http://x", "ws://"),
+        ("MODEL_ID", "no-slash", "org/name"),
+        ("RETENTION_DAYS", "-5", "whole number"),
+    ],
+)
+def test_bad_values_name_the_variable_and_what_is_allowed(variable, value, hint):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}={value!r} is not valid")
+    assert hint in message
+    assert caught.value.variable == variable
+
+
+def test_more_than_25_sizes_are_refused():
+    sizes = ",".join(f"{64 + 16 * i}x64" for i in range(26))
+    with pytest.raises(ConfigError, match="at most 25"):
+        Settings.from_env({"IMAGE_SIZES": sizes})
+
+
+def test_missing_token_is_only_required_for_run():
+    settings = Settings.from_env({})
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
+        settings.require_token()
+    assert Settings.from_env({"DISCORD_TOKEN": "abc"}).require_token() == "abc"
+
+
+def _cli(args, env, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_run_without_token_exits_2_before_loading_the_model(tmp_path):
+    result = _cli(["run"], tiny_env(tmp_path, DISCORD_TOKEN=""), tmp_path)
+    assert result.returncode == 2
+    assert "DISCORD_TOKEN" in result.stderr
+    assert "model ready" not in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one clear line
+
+
+def test_config_error_exits_2_with_one_line(tmp_path):
+    result = _cli(["cache-check"], tiny_env(tmp_path, OFFLOAD="everything"), tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "zimage-bot: configuration error: OFFLOAD='everything' is not valid: one of none, model, sequential"
+    )
+
+
+def test_dotenv_is_read_and_real_environment_wins(tmp_path):
+    (tmp_path / ".env").write_text("OFFLOAD=bogus-from-dotenv\nLOG_LEVEL=nonsense\n")
+    env = tiny_env(tmp_path)
+    env["LOG_LEVEL"] = "INFO"  # the real environment overrides the file's bad value...
+    result = _cli(["cache-check"], env, tmp_path)
+    # ...but OFFLOAD only comes from .env, so the file was read.
+    assert result.returncode == 2
+    assert "OFFLOAD='bogus-from-dotenv'" in result.stderr
+
+

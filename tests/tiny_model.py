@@ -1,0 +1,330 @@
+"""A tiny random-weight Z-Image pipeline, installed in a Hugging Face cache like a real download.
+
+The bot's tests load the model with the real ``ZImagePipeline.from_pretrained(repo_id)`` and inspect
+the real cache layout, so this module builds a pipeline with the published repository's structure
+(same components, same file names, text encoder in bf16 and transformer in fp32, both sharded) but
+sizes small enough that a build takes well under a second once diffusers is imported, loading about
+0.2 s and a 256x256 image well under 0.1 s on a CPU. About 2 MB on disk.
+
+Nothing here touches the network. Building imports torch, transformers and diffusers lazily, so the
+cache helpers (``snapshot_dir``, ``blob_path_of``, ``mark_incomplete``, ``install_copy``) stay cheap
+to import. Note that importing diffusers also imports huggingface_hub, which reads ``HF_HOME`` and
+``HF_HUB_OFFLINE`` once: set those before the first build in a process if that process also loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import Qwen2Tokenizer
+
+TINY_REPO_ID = "tiny-org/tiny-z-image"
+
+# Text encoder (Qwen3). Two layers at least: the pipeline reads hidden_states[-2].
+TEXT_HIDDEN_SIZE = 32
+TEXT_LAYERS = 2
+TEXT_HEADS = 2
+TEXT_KV_HEADS = 1
+TEXT_HEAD_DIM = 16  # explicit: Qwen3 does not derive it from hidden_size / heads
+TEXT_INTERMEDIATE_SIZE = 64
+# The pipeline pads every prompt to max_sequence_length (512), so positions must reach that far.
+TEXT_MAX_POSITIONS = 1024
+
+# The tokenizer's BPE vocabulary: 256 bytes, 3 special tokens and what is left for merges.
+TOKENIZER_VOCAB_SIZE = 320
+
+# Shard limits that split the tiny weights into several files, like the published repository's
+# 3 transformer and 3 text encoder shards; tests delete one to check that the cache report notices.
+TEXT_ENCODER_SHARD_SIZE = 24_000  # bytes; about 64 kB of bf16 weights in all
+# The transformer's timestep MLP alone is 1 MB, so 300 kB gives 3 shards, as published.
+TRANSFORMER_SHARD_SIZE = 300_000  # bytes; about 1.5 MB of fp32 weights in all
+
+# Suffixes of files the Hub stores with Git LFS (blob named by sha256) rather than plain git (git-sha1).
+LFS_SUFFIXES = (".safetensors",)
+
+# Files that loading the components by repo id (AutoTokenizer, Qwen3Model, AutoencoderKL with
+# `subfolder=`) asks the Hub for and this repository lacks. Online, each 404 leaves an empty marker
+# under .no_exist/<commit>/. Offline, only the first one is needed: without it transformers 5.x
+# `AutoTokenizer.from_pretrained(repo_id, subfolder="tokenizer")` cannot tell "absent upstream" from
+# "not downloaded" and refuses to load. ZImagePipeline.from_pretrained needs none of them: it resolves
+# the snapshot folder first and loads every component from that local path.
+NO_EXIST_FILES = (
+    "tokenizer/config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/added_tokens.json",
+    "tokenizer/special_tokens_map.json",
+    "text_encoder/model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors.index.json",
+)
+
+QWEN3_STYLE_CHAT_TEMPLATE = (
+    # A trimmed Qwen3 template: the same turn markers and the same `enable_thinking` switch, which
+    # only matters when it is false (an empty think block closes the reasoning before the answer).
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+# Text the BPE is trained on: enough repeated words to fill the vocabulary with merges, fixed so
+# that the vocabulary (and so the text encoder's embedding table) is the same on every build.
+_TOKENIZER_CORPUS = [
+    "a cat sitting on a windowsill in the morning light",
+    "a photo of a dog running across a green field",
+    "a watercolor painting of a lighthouse by the sea at sunset",
+    "portrait of an astronaut riding a horse, highly detailed",
+    "a red apple on a wooden table, studio lighting, 4k",
+    "the quick brown fox jumps over the lazy dog",
+    "user assistant system think image prompt",
+    "一只猫坐在窗台上",
+] * 4
+
+
+def repo_folder_name(repo_id: str) -> str:
+    """The cache folder name of a model repository, as huggingface_hub spells it."""
+    return "models--" + repo_id.replace("/", "--")
+
+
+def snapshot_dir(hub_cache: Path, repo_id: str = TINY_REPO_ID) -> Path:
+    """The snapshot folder that `refs/main` points at."""
+    repo_dir = Path(hub_cache) / repo_folder_name(repo_id)
+    commit = (repo_dir / "refs" / "main").read_text()
+    return repo_dir / "snapshots" / commit
+
+
+def blob_path_of(hub_cache: Path, repo_id: str, relative_file: str) -> Path:
+    """The blob behind a snapshot file, e.g. ``"transformer/config.json"``, so a test can corrupt it."""
+    link = snapshot_dir(hub_cache, repo_id) / relative_file
+    return link.resolve(strict=True)
+
+
+def mark_incomplete(hub_cache: Path, repo_id: str, relative_file: str) -> Path:
+    """Make one file look like an interrupted download; returns the ``.incomplete`` blob.
+
+    huggingface_hub writes into ``blobs/<hash>.incomplete`` and only renames it and links the snapshot
+    file once the download finishes, so an interrupted one leaves a partial blob and no symlink.
+    """
+    link = snapshot_dir(hub_cache, repo_id) / relative_file
+    blob = link.resolve(strict=True)
+    incomplete = blob.with_name(blob.name + ".incomplete")
+    data = blob.read_bytes()
+    incomplete.write_bytes(data[: len(data) // 2])
+    link.unlink()
+    blob.unlink()
+    return incomplete
+
+
+def install_copy(source_hub_cache: Path, dest_hub_cache: Path) -> None:
+    """Copy a built cache into another one, keeping the snapshot symlinks relative and intact.
+
+    Lets a session-scoped fixture build once and give each test its own cache to damage.
+    """
+    shutil.copytree(source_hub_cache, dest_hub_cache, symlinks=True, dirs_exist_ok=True)
+
+
+def build_tiny_model(hub_cache: Path, repo_id: str = TINY_REPO_ID, *, seed: int = 0) -> Path:
+    """Build a tiny random-weight ZImagePipeline and install it into `hub_cache`.
+
+    `hub_cache` is the folder HF_HUB_CACHE points at (HF_HOME/hub). The layout is what
+    `snapshot_download` leaves: ``models--{org}--{name}/blobs/<hash>``, ``snapshots/<commit>/`` of
+    relative symlinks into the blobs, ``refs/main`` holding the commit hash (no trailing newline),
+    ``.no_exist/<commit>/`` markers for files the loaders probe for, and ``.locks/``.
+    The same seed gives the same weights, the same blobs and so the same commit hash.
+    Returns the snapshot folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="tiny-z-image-") as staging:
+        _save_pipeline(Path(staging), seed)
+        return _install_snapshot(Path(staging), Path(hub_cache), repo_id)
+
+
+def _save_pipeline(folder: Path, seed: int) -> None:
+    """Write the pipeline's files in the published repository's layout into `folder`."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = _make_tokenizer()
+
+    # fork_rng keeps the caller's global RNG untouched while the seed fixes every initialisation.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = Qwen3Model(
+            Qwen3Config(
+                vocab_size=len(tokenizer),
+                hidden_size=TEXT_HIDDEN_SIZE,
+                intermediate_size=TEXT_INTERMEDIATE_SIZE,
+                num_hidden_layers=TEXT_LAYERS,
+                num_attention_heads=TEXT_HEADS,
+                num_key_value_heads=TEXT_KV_HEADS,
+                head_dim=TEXT_HEAD_DIM,
+                max_position_embeddings=TEXT_MAX_POSITIONS,
+                rms_norm_eps=1e-6,
+                rope_theta=1_000_000.0,
+                tie_word_embeddings=True,
+                bos_token_id=None,
+                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        ).eval()
+        # diffusers' own test sizes; axes_dims must add up to dim / n_heads.
+        transformer = ZImageTransformer2DModel(
+            all_patch_size=(2,),
+            all_f_patch_size=(1,),
+            in_channels=16,
+            dim=32,
+            n_layers=2,
+            n_refiner_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            norm_eps=1e-5,
+            qk_norm=True,
+            cap_feat_dim=TEXT_HIDDEN_SIZE,
+            rope_theta=256.0,
+            t_scale=1000.0,
+            axes_dims=[8, 4, 4],
+            axes_lens=[256, 32, 32],
+        ).eval()
+        # Four levels, like the FLUX VAE: a scale factor of 8, so sizes stay multiples of 16.
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 16, 16),
+            layers_per_block=1,
+            latent_channels=16,
+            norm_num_groups=4,
+            sample_size=64,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            force_upcast=True,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            mid_block_add_attention=True,
+        ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+
+    pipe = ZImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    # Components are saved one by one rather than through pipe.save_pretrained, whose single
+    # max_shard_size would also split the VAE (a single file in the published repository).
+    pipe.save_config(folder)
+    scheduler.save_pretrained(folder / "scheduler")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    text_encoder.to(torch.bfloat16).save_pretrained(folder / "text_encoder", max_shard_size=TEXT_ENCODER_SHARD_SIZE)
+    transformer.save_pretrained(folder / "transformer", max_shard_size=TRANSFORMER_SHARD_SIZE)
+    vae.save_pretrained(folder / "vae")
+
+
+def _make_tokenizer() -> Qwen2Tokenizer:
+    """A byte-level BPE trained here, wrapped as the Qwen2Tokenizer the published repository uses."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    special_tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    # Train with the same normaliser and pre-tokeniser Qwen2Tokenizer rebuilds around the
+    # vocabulary, so the learned merges are the ones it will apply.
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=special_tokens,
+        # Every byte in the base alphabet, so any text (emoji, CJK, ...) encodes without unknowns.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
+
+    model = json.loads(bpe.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(
+        vocab=model["vocab"],
+        # The tokenizers model wants (left, right) tuples; the JSON holds lists.
+        merges=[tuple(merge) for merge in model["merges"]],
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    # Qwen3 keeps its reasoning markers as ordinary added tokens.
+    tokenizer.add_tokens(["<think>", "</think>"])
+    tokenizer.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _install_snapshot(staging: Path, hub_cache: Path, repo_id: str) -> Path:
+    """Move the files of `staging` into the cache as blobs and link a snapshot to them."""
+    files = sorted(path for path in staging.rglob("*") if path.is_file())
+    blob_names = {path: _blob_name(path) for path in files}
+    commit = _commit_hash({path.relative_to(staging).as_posix(): blob for path, blob in blob_names.items()})
+
+    repo_dir = hub_cache / repo_folder_name(repo_id)
+    blobs = repo_dir / "blobs"
+    snapshot = repo_dir / "snapshots" / commit
+    locks = hub_cache / ".locks" / repo_folder_name(repo_id)
+    for folder in (blobs, snapshot, locks, repo_dir / "refs"):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    for path, blob_name in blob_names.items():
+        blob = blobs / blob_name
+        if not blob.exists():
+            shutil.move(path, blob)
+        # filelock leaves its (empty) lock file behind after each download.
+        (locks / f"{blob_name}.lock").touch()
+        link = snapshot / path.relative_to(staging)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+
+    for relative_file in NO_EXIST_FILES:
+        marker = repo_dir / ".no_exist" / commit / relative_file
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    # No trailing newline, as huggingface_hub writes it: scan_cache_dir matches the text against the
+    # snapshot folder names and reports the repository as corrupted when none matches.
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _blob_name(path: Path) -> str:
+    """The name the Hub gives a file's blob: sha256 for LFS files, the git object id otherwise."""
+    data = path.read_bytes()
+    if path.name.endswith(LFS_SUFFIXES):
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _commit_hash(blob_by_file: dict[str, str]) -> str:
+    """A 40-hex commit id that depends only on the files' contents, so equal builds share it."""
+    listing = "".join(f"{name} {blob}\n" for name, blob in sorted(blob_by_file.items()))
+    return hashlib.sha1(listing.encode()).hexdigest()
