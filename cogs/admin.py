@@ -1,4 +1,4 @@
-"""Admin-only commands: /cache-check, and /queue pause, resume and cancel.
+"""Admin-only commands: /cache-check, /pause and /resume.
 
 Who is an admin: a user id in ADMIN_USER_IDS, or anyone with the Administrator permission in the
 guild. `default_permissions` only hides the commands in Discord's client; the check here is what
@@ -27,12 +27,6 @@ def admin_only():
 
 
 class Admin(commands.Cog):
-    queue = app_commands.Group(
-        name="queue",
-        description="Pause, resume or cancel jobs (admins)",
-        default_permissions=discord.Permissions(administrator=True),
-    )
-
     def __init__(self, bot) -> None:
         self.bot = bot
 
@@ -55,27 +49,21 @@ class Admin(commands.Cog):
             )
         await interaction.followup.send(embed=embed, ephemeral=True)
 
-    @queue.command(name="pause", description="Stop starting new jobs (the running one finishes)")
+    @app_commands.command(name="pause", description="Stop starting queued jobs; the running one finishes (admins)")
+    @app_commands.default_permissions(administrator=True)
     @admin_only()
     async def pause(self, interaction: discord.Interaction) -> None:
-        """Stop starting new jobs (the running one finishes)."""
+        """Stop starting queued jobs; the running one finishes (admins)."""
         await self.bot.runner.set_paused(True)
-        await interaction.response.send_message("⏸️ Queue paused. `/queue resume` starts it again.", ephemeral=True)
+        await interaction.response.send_message("⏸️ Queue paused. `/resume` starts it again.", ephemeral=True)
 
-    @queue.command(name="resume", description="Start running queued jobs again")
+    @app_commands.command(name="resume", description="Start running queued jobs again (admins)")
+    @app_commands.default_permissions(administrator=True)
     @admin_only()
     async def resume(self, interaction: discord.Interaction) -> None:
-        """Start running queued jobs again."""
+        """Start running queued jobs again (admins)."""
         await self.bot.runner.set_paused(False)
         await interaction.response.send_message("▶️ Queue resumed.", ephemeral=True)
-
-    @queue.command(name="cancel", description="Cancel anyone's queued or running job")
-    @app_commands.describe(job="The job number (shown under each image and in /history)")
-    @admin_only()
-    async def cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
-        """Cancel anyone's queued or running job."""
-        outcome = await self.bot.runner.cancel(job, interaction.user.id)
-        await interaction.response.send_message(f"Job {job}: {outcome}.", ephemeral=True)
 
 
 async def setup(bot) -> None:

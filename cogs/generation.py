@@ -157,20 +157,41 @@ class Generation(commands.Cog):
             await self.runner.accept(
                 record,
                 application_id=interaction.application_id,
-                attachment_size_limit=interaction.attachment_size_limit,
+                attachment_size_limit=interaction.filesize_limit,
             )
         except QueueRefusal as refusal:  # the queue filled up between the check and now
             await interaction.edit_original_response(content=f"🚫 {refusal}")
 
-    # ----- buttons -------------------------------------------------------------------------------
+    @app_commands.command(
+        name="cancel", description="Cancel a queued or running job (yours, or any if you are an admin)"
+    )
+    @app_commands.describe(job="The job number (shown under each image and in /history)")
+    async def cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        """Cancel a queued or running job (yours, or any if you are an admin)."""
+        await self.cancel_job(interaction, job)
 
-    async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+    async def cancel_job(self, interaction: discord.Interaction, job_id: int) -> None:
+        record = await self._stored_job(job_id)
+        self._require_owner_or_admin(interaction, record.user_id, "cancel this job")
+        outcome = await self.runner.cancel(job_id, interaction.user.id)
+        await interaction.response.send_message(f"Job {job_id}: {outcome}.", ephemeral=True)
+
+    async def _stored_job(self, job_id: int) -> JobRecord:
         record = await asyncio.to_thread(self.bot.store.get, job_id)
         if record is None:
             raise InvalidRequest(
                 f"Job {job_id} no longer exists (old jobs are removed after {self.settings.retention_days} days). "
                 "Use /imagine to make a new one."
             )
+        return record
+
+    # ----- buttons -------------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        if action == "cancel":
+            await self.cancel_job(interaction, job_id)
+            return
+        record = await self._stored_job(job_id)
         if action == "info":
             await interaction.response.send_message(embed=info_embed(record, self.settings.model_id), ephemeral=True)
         elif action in ("reroll", "variations"):
@@ -190,10 +211,6 @@ class Generation(commands.Cog):
             await interaction.response.send_message("🗑️ Deleted.", ephemeral=True)
             if interaction.message is not None:
                 await interaction.message.delete()
-        elif action == "cancel":
-            self._require_owner_or_admin(interaction, record.user_id, "cancel this job")
-            outcome = await self.runner.cancel(job_id, interaction.user.id)
-            await interaction.response.send_message(f"Job {job_id}: {outcome}.", ephemeral=True)
 
     def _require_owner_or_admin(self, interaction: discord.Interaction, owner_id: int, what: str) -> None:
         if interaction.user.id != owner_id and not self.bot.is_admin(interaction):

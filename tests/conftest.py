@@ -86,3 +86,74 @@ def loaded_service(hub_cache: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 PYTHON = sys.executable
+
+
+# ----- the Discord side: the real bot, in this process, against the local Discord API double -----
+
+import asyncio  # noqa: E402
+
+import pytest_asyncio  # noqa: E402
+
+ADMIN_ID = 4242
+
+
+@pytest_asyncio.fixture
+async def discord_api():
+    from discord_double import DiscordDouble
+
+    async with DiscordDouble() as api:
+        yield api
+
+
+class RunningBot:
+    """A started ZImageBot plus what a test needs to drive and inspect it."""
+
+    def __init__(self, bot, task: asyncio.Task, api) -> None:
+        self.bot = bot
+        self.task = task
+        self.api = api
+
+    @property
+    def runner(self):
+        return self.bot.runner
+
+    async def stop(self) -> None:
+        if not self.task.done():
+            self.bot.request_shutdown()
+        await asyncio.wait_for(self.task, 40)
+
+
+@pytest_asyncio.fixture
+async def start_bot(discord_api, loaded_service, tmp_path):
+    """Start the real bot (shared tiny model service) against the double; stops it afterwards."""
+    from bot.client import ZImageBot, point_at_discord, serve
+    from bot.job_store import JobStore
+    from bot.settings import Settings
+
+    started: list[RunningBot] = []
+
+    async def start(**overrides: str) -> RunningBot:
+        env = tiny_env(
+            tmp_path,
+            DISCORD_API_BASE=discord_api.api_base,
+            DISCORD_GATEWAY_URL=discord_api.gateway_url,
+            DEV_GUILD_ID=str(discord_api.guild_id),
+            ADMIN_USER_IDS=str(ADMIN_ID),
+        )
+        env.update(overrides)
+        settings = Settings.from_env(env)
+        point_at_discord(settings)
+        store = JobStore(settings.data_dir)
+        bot = ZImageBot(settings, loaded_service, store, guild_ready_timeout=0.05)
+        task = asyncio.create_task(serve(bot, discord_api.valid_token))
+        await discord_api.wait_for(lambda: bot.is_ready() or task.done(), timeout=15)
+        if task.done():
+            task.result()
+        running = RunningBot(bot, task, discord_api)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+        running.bot.store.close()
