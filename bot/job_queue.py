@@ -7,7 +7,7 @@ one of Alice's. Within one user's jobs the order is the order they were accepted
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -33,6 +33,9 @@ class GenerationQueue(Generic[Entry]):
         self.max_jobs_per_user = max_jobs_per_user
         self._waiting: OrderedDict[int, deque[Entry]] = OrderedDict()  # user id -> jobs, in rotation order
         self._running: Entry | None = None
+        # Places promised to jobs that are being recorded but not yet queued: accepting a job awaits
+        # the store, and two quick requests must not both squeeze into the last place.
+        self._reserved: Counter[int] = Counter()
         self._paused = False
         self._closed = False
         self._changed = asyncio.Condition()
@@ -43,17 +46,30 @@ class GenerationQueue(Generic[Entry]):
         """Raise QueueRefusal if a new job from `user_id` would not be accepted right now."""
         if self._closed:
             raise QueueRefusal("The bot is shutting down and not taking new jobs; try again in a minute.")
-        if len(self) >= self.max_queue:
+        if len(self) + sum(self._reserved.values()) >= self.max_queue:
             raise QueueRefusal(f"The queue is full ({self.max_queue} jobs waiting). Try again when it has gone down.")
-        if self.jobs_of(user_id) >= self.max_jobs_per_user:
+        if self.jobs_of(user_id) + self._reserved[user_id] >= self.max_jobs_per_user:
             raise QueueRefusal(
                 f"You already have {self.max_jobs_per_user} jobs queued or running, the most allowed. "
                 "Wait for one to finish (or cancel one) and try again."
             )
 
-    async def put(self, entry: Entry, *, bypass_limits: bool = False) -> None:
-        """Add a job; `bypass_limits` is for jobs accepted before a restart, which were promised already."""
-        if not bypass_limits:
+    def reserve(self, user_id: int) -> None:
+        """Check admission and hold a place for a job about to be `put` (or `release`d)."""
+        self.check_admission(user_id)
+        self._reserved[user_id] += 1
+
+    def release(self, user_id: int) -> None:
+        self._reserved[user_id] -= 1
+        if self._reserved[user_id] <= 0:
+            del self._reserved[user_id]
+
+    async def put(self, entry: Entry, *, reserved: bool = False, bypass_limits: bool = False) -> None:
+        """Add a job: into a place `reserve`d for it, or after checking the limits now.
+        `bypass_limits` is for jobs accepted before a restart, which were promised already."""
+        if reserved:
+            self.release(entry.user_id)
+        elif not bypass_limits:
             self.check_admission(entry.user_id)
         self._waiting.setdefault(entry.user_id, deque()).append(entry)
         await self._notify()

@@ -137,15 +137,20 @@ class JobRunner:
 
     # ----- accepting ---------------------------------------------------------------------------
 
-    def check_admission(self, user_id: int) -> None:
-        self.queue.check_admission(user_id)
+    def reserve(self, user_id: int) -> None:
+        """Hold a place in the queue for a job about to be accepted; raises QueueRefusal (with the
+        reason for the user) when the limits say no. Every reserve is followed by `accept`."""
+        self.queue.reserve(user_id)
 
     async def accept(self, record: JobRecord, *, application_id: int | None, attachment_size_limit: int) -> ActiveJob:
-        """Record the job, then queue it. Raises QueueRefusal when limits say no (nothing is stored)."""
-        self.queue.check_admission(record.user_id)
-        record = await asyncio.to_thread(self.store.add, record)
+        """Record the job, then queue it in the place reserved for it."""
+        try:
+            record = await asyncio.to_thread(self.store.add, record)
+        except BaseException:
+            self.queue.release(record.user_id)
+            raise
         job = self._activate(record, application_id=application_id, attachment_size_limit=attachment_size_limit)
-        await self.queue.put(job, bypass_limits=True)  # limits were checked above; no await in between
+        await self.queue.put(job, reserved=True)
         self._refresh_positions()
         return job
 

@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.generation import (
     CancelToken,
@@ -38,7 +39,22 @@ import torch
 
 log = logging.getLogger(__name__)
 
-WARMUP_PROMPT = "a lighthouse on a cliff at sunset, photograph"
+# Two warm-up prompts whose captions differ in length (in tokens, and so in padded caption blocks of 32).
+# Compiled blocks are specialised to the first shapes they see; the second caption length makes the
+# compiler generalise them (automatic dynamic shapes), so that later prompts of any length and every
+# image size reuse the same compiled code instead of recompiling, for seconds, on a user's request.
+WARMUP_PROMPTS = (
+    "a lighthouse on a cliff at sunset, photograph",
+    "an old harbour town at dawn seen from a fishing boat, fog over the water, gulls, warm light on "
+    "the houses along the quay, film photograph, high detail, muted colours, 35 mm lens, soft grain",
+)
+# Steps of each compiling warm-up call: compiled code does not depend on the step count, and every
+# step after the first only repeats work the compiler has already seen.
+COMPILE_WARMUP_STEPS = 2
+# Forwarded to torch.compile for each repeated transformer block (regional compilation): one graph
+# for the 30 main blocks and the refiners instead of one for the whole model, so compiling costs
+# seconds, not minutes. fullgraph: a graph break would silently cost speed.
+COMPILE_OPTIONS: dict = {"fullgraph": True}
 
 
 class ModelLoadError(RuntimeError):
@@ -78,7 +94,7 @@ class PipelineService:
         self.settings = settings
         self.device = _pick_device(settings.device)
         self.dtype = _pick_dtype(settings.dtype, self.device)
-        self.compile = settings.compile if settings.compile is not None else self.device.type == "cuda"
+        self.compile = _pick_compile(settings, self.device)
         self.state = ServiceState.NEW
         self.load_report: LoadReport | None = None
         self.error: str | None = None
@@ -221,24 +237,29 @@ class PipelineService:
             except (ValueError, ImportError, RuntimeError) as error:
                 raise ModelLoadError(f"ATTENTION_BACKEND={settings.attention_backend!r}: {error}") from error
         if self.compile:
-            cache_dir = (settings.data_dir / "compile-cache").resolve()
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            # A persistent inductor cache turns a 17-27 s compile at every start into a few seconds.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
-            os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-            os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            _use_persistent_compile_cache(settings.data_dir / "compile-cache")
+            pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
         return pipe
 
     def _warm_up(self) -> None:
         """Real generations, so the first user's image is as fast as every later one.
 
-        Compiled graphs depend on the image shape, so with compilation every offered size is warmed.
+        Without compilation one image at the default size pays the first-call costs (CUDA kernels
+        loaded, cuBLAS and cuDNN set up, allocator grown) and measures the speed. With it, two short
+        generations compile the blocks for every image size and caption length (see WARMUP_PROMPTS);
+        warming each offered size separately was measured to add nothing but time (bench/RESULTS.md).
         """
-        sizes = self.settings.image_sizes if self.compile else self.settings.image_sizes[:1]
-        for size in sizes:
-            request = GenerationRequest(WARMUP_PROMPT, size, self.settings.default_steps, seed=0)
+        size = self.settings.default_size
+        if not self.compile:
+            request = GenerationRequest(WARMUP_PROMPTS[0], size, self.settings.default_steps, seed=0)
             self._generate(request, None, CancelToken())
+            return
+        steps = min(COMPILE_WARMUP_STEPS, self.settings.default_steps)
+        for prompt in WARMUP_PROMPTS:
+            self._generate(GenerationRequest(prompt, size, steps, seed=0), None, CancelToken())
+        # Those calls were mostly compilation: no speed figure is better than a badly wrong one.
+        # The first real job measures it (queue estimates are missing only until then).
+        self._seconds_per_step_mp = None
 
     def _generate(
         self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
@@ -321,6 +342,38 @@ def _pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"DEVICE={name} but torch sees no CUDA GPU (is the CUDA build of torch installed?)")
     return device
+
+
+def _pick_compile(settings: Settings, device: torch.device) -> bool:
+    """Compile by default on CUDA when the model is resident; COMPILE=0/1 decides otherwise.
+
+    Offloading streams each block's weights in through hooks around the block's forward, which
+    compiled blocks (fullgraph) cannot trace; it is not compiled, even with COMPILE=1.
+    """
+    offloading = settings.offload != "none" and device.type == "cuda"
+    if offloading:
+        if settings.compile:
+            log.warning("COMPILE=1 ignored: OFFLOAD=%s runs uncompiled", settings.offload)
+        return False
+    return settings.compile if settings.compile is not None else device.type == "cuda"
+
+
+def _use_persistent_compile_cache(cache_dir: Path) -> None:
+    """Keep inductor's compiled kernels and graphs in DATA_DIR, so a restart loads them instead of
+    compiling again (measured: about 27 s at the first start, a few seconds after, bench/RESULTS.md).
+
+    An operator's own TORCHINDUCTOR_CACHE_DIR wins. The directory is read when compiling starts,
+    so setting it here, after import, still takes effect; the caches are switched on explicitly
+    because their environment switches are read when torch._inductor is first imported.
+    """
+    import torch._functorch.config
+    import torch._inductor.config
+
+    cache_dir = cache_dir.resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
 
 
 def _pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -24,7 +24,6 @@ from bot.generation import (
 )
 from bot.image_size import ImageSize
 from bot.job_messages import BUTTON_PREFIX, info_embed
-from bot.job_queue import QueueRefusal
 from bot.job_store import JobRecord
 from bot.prompt_flags import nearest_size, parse_prompt_flags
 from bot.settings import MAX_STEPS
@@ -131,8 +130,12 @@ class Generation(commands.Cog):
         self, interaction: discord.Interaction, request: GenerationRequest, *, kind: str, parent_id: int | None = None
     ) -> None:
         """Acknowledge at once, then record and queue the job. Refusals are private and queue nothing."""
-        self.runner.check_admission(interaction.user.id)
-        await interaction.response.defer(thinking=True)
+        self.runner.reserve(interaction.user.id)
+        try:
+            await interaction.response.defer(thinking=True)
+        except BaseException:
+            self.runner.queue.release(interaction.user.id)
+            raise
         record = JobRecord(
             id=None,
             user_id=interaction.user.id,
@@ -153,14 +156,9 @@ class Generation(commands.Cog):
             interaction_token=interaction.token,
             token_created_at=time.time(),
         )
-        try:
-            await self.runner.accept(
-                record,
-                application_id=interaction.application_id,
-                attachment_size_limit=interaction.filesize_limit,
-            )
-        except QueueRefusal as refusal:  # the queue filled up between the check and now
-            await interaction.edit_original_response(content=f"🚫 {refusal}")
+        await self.runner.accept(
+            record, application_id=interaction.application_id, attachment_size_limit=interaction.filesize_limit
+        )
 
     @app_commands.command(
         name="cancel", description="Cancel a queued or running job (yours, or any if you are an admin)"
@@ -208,9 +206,10 @@ class Generation(commands.Cog):
             await self.enqueue(interaction, request, kind=action, parent_id=job_id)
         elif action == "delete":
             self._require_owner_or_admin(interaction, record.user_id, "delete this image")
-            await interaction.response.send_message("🗑️ Deleted.", ephemeral=True)
+            await interaction.response.defer(ephemeral=True, thinking=True)
             if interaction.message is not None:
                 await interaction.message.delete()
+            await interaction.followup.send("🗑️ Deleted.", ephemeral=True)
 
     def _require_owner_or_admin(self, interaction: discord.Interaction, owner_id: int, what: str) -> None:
         if interaction.user.id != owner_id and not self.bot.is_admin(interaction):

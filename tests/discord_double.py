@@ -447,8 +447,12 @@ class DiscordDouble:
         user: DiscordUser | None = None,
         permissions: int | None = None,
         guild: bool = True,
+        unchecked: bool = False,
     ) -> InteractionRecord:
-        """A user runs /name with these option values; their Discord types come from the synced command."""
+        """A user runs /name with these option values; their Discord types come from the synced command.
+
+        `unchecked` skips the checks Discord's own client makes (choices, ranges, lengths), as a
+        modified client or a raw API call would: the bot must check everything again itself."""
         scope, command = self.command(name)
         if scope is not None and not guild:
             raise ValueError(f"/{name} is synced to the guild only; it cannot be run in a DM")
@@ -457,7 +461,7 @@ class DiscordDouble:
             "id": command["id"],
             "name": name,
             "type": 1,
-            "options": self._typed_options(command, options or {}, resolved),
+            "options": self._typed_options(command, options or {}, resolved, checked=not unchecked),
         }
         if resolved:
             data["resolved"] = resolved
@@ -491,7 +495,7 @@ class DiscordDouble:
 
     # interactions
 
-    def _typed_options(self, command: dict, values: dict, resolved_out: dict) -> list[dict]:
+    def _typed_options(self, command: dict, values: dict, resolved_out: dict, *, checked: bool = True) -> list[dict]:
         definitions = {o["name"]: o for o in command.get("options") or []}
         missing = [n for n, o in definitions.items() if o.get("required") and n not in values]
         if missing:
@@ -503,9 +507,9 @@ class DiscordDouble:
                 raise ValueError(f"/{command['name']} has no option {name!r}; it has {sorted(definitions)}")
             kind = option["type"]
             choices = [c["value"] for c in option.get("choices") or []]
-            if choices and value not in choices:
+            if checked and choices and value not in choices:
                 raise ValueError(f"{name}={value!r} is not one of the declared choices {choices}")
-            if (
+            if checked and (
                 ("min_value" in option and value < option["min_value"])
                 or ("max_value" in option and value > option["max_value"])
                 or ("max_length" in option and len(value) > option["max_length"])

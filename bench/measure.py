@@ -1,0 +1,329 @@
+"""What one benchmark process measures: the plain diffusers baseline, or the bot's model service.
+
+Each phase runs in a fresh process (`python -m bench.measure PHASE RESULT_FILE`), started by
+bench/run_benchmark.py with the environment that phase needs, so start-up figures include the
+interpreter and the imports, as a restart of the bot would. BENCH_SPAWNED_AT holds the wall-clock
+time the parent started the process; BENCH_CONFIG holds the phase's options as JSON.
+
+torch and diffusers are imported inside the functions: the parent process and the CPU tests import
+this module for its helpers without paying for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+log = logging.getLogger("bench")
+
+GIB = 1024**3
+
+# Prompts of different lengths: real traffic varies the caption length, which changes the shapes the
+# transformer sees, so a figure measured with one prompt repeated could hide recompilation.
+PROMPTS = (
+    "a red fox in fresh snow",
+    "portrait of an elderly fisherman, weathered face, knitted cap, overcast light, 85 mm photograph",
+    "a bowl of ramen",
+    "isometric illustration of a tiny floating island with a windmill, a vegetable garden and a river "
+    "that pours off the edge into the clouds, soft pastel colours, clean lines, high detail",
+    "neon-lit street market in the rain at night, reflections on wet asphalt",
+    "a watercolor of a lighthouse",
+    "macro photograph of a dragonfly on a reed, morning dew, shallow depth of field, green bokeh",
+    "an astronaut reading a newspaper on a park bench in autumn, leaves falling, Kodak Portra 400, candid "
+    "street photography, the newspaper headline unreadable, pigeons around his boots, soft afternoon sun",
+)
+
+
+def prompt(index: int) -> str:
+    return PROMPTS[index % len(PROMPTS)]
+
+
+@dataclass
+class PhaseConfig:
+    """Options the parent passes to a phase (BENCH_CONFIG)."""
+
+    kind: str  # "baseline" or "service"
+    repo_id: str
+    steps: int = 8
+    repeats: int = 5
+    sizes: list[str] = field(default_factory=lambda: ["1024x1024", "1344x576"])
+    queue_jobs: int = 0  # 0: no queue measurement
+    latent_only: bool = False  # also time the pipeline without the VAE decode (a breakdown)
+    only_first: bool = False  # stop after the first image (start-up phases)
+    compile_options: dict | None = None  # overrides pipeline_service.COMPILE_OPTIONS (variants)
+
+    @classmethod
+    def from_json(cls, text: str) -> PhaseConfig:
+        return cls(**json.loads(text))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = (int(part) for part in text.lower().split("x"))
+    return width, height
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def since_spawn() -> float | None:
+    spawned = os.environ.get("BENCH_SPAWNED_AT")
+    return time.time() - float(spawned) if spawned else None
+
+
+def _memory_figures() -> dict:
+    figures = {"max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
+    import torch
+
+    if torch.cuda.is_available():
+        figures["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+        figures["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+        figures["gpu"] = torch.cuda.get_device_name()
+    return figures
+
+
+# ----- the baseline: what a user of plain diffusers writes ---------------------------------------
+
+
+def measure_baseline(config: PhaseConfig) -> dict:
+    """`from_pretrained(dtype=bf16)`, `.to("cuda")`, call with Turbo settings; diffusers' defaults otherwise."""
+    import diffusers
+    import torch
+
+    figures: dict = {"imports_s": since_spawn()}
+    started = time.perf_counter()
+    pipe = diffusers.ZImagePipeline.from_pretrained(config.repo_id, dtype=torch.bfloat16, local_files_only=True)
+    figures["from_pretrained_s"] = time.perf_counter() - started
+    pipe.to("cuda")
+    torch.cuda.synchronize()
+    figures["load_s"] = time.perf_counter() - started
+    figures["ready_s"] = since_spawn()
+    pipe.set_progress_bar_config(disable=True)  # no effect on speed; keeps the log readable
+
+    def generate(text: str, size: str, seed: int) -> float:
+        width, height = parse_size(size)
+        begun = time.perf_counter()
+        pipe(
+            prompt=text,
+            height=height,
+            width=width,
+            num_inference_steps=config.steps,
+            guidance_scale=0.0,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        )
+        return time.perf_counter() - begun  # the PIL output is on the host: the GPU work is done
+
+    _time_sizes(figures, config, generate)
+    figures.update(_memory_figures())
+    return figures
+
+
+def _time_sizes(figures: dict, config: PhaseConfig, generate) -> None:
+    """First image at each size after ready, then the median of `repeats` more, prompts varying."""
+    figures["first_image_s"] = {}
+    figures["steady_s"] = {}
+    figures["steady_all_s"] = {}
+    calls = 0
+    for size in config.sizes:
+        figures["first_image_s"][size] = generate(prompt(calls), size, calls)
+        calls += 1
+        if config.only_first:
+            return
+        times = []
+        for _ in range(config.repeats):
+            times.append(generate(prompt(calls), size, calls))
+            calls += 1
+        figures["steady_all_s"][size] = times
+        figures["steady_s"][size] = median(times)
+
+
+# ----- ours: the bot's model service, as `zimage-bot run` holds it --------------------------------
+
+
+def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
+    """PipelineService(Settings.from_env()).load(warm_up=True), then the same calls as the baseline."""
+    from bot import pipeline_service
+    from bot.generation import GenerationRequest
+    from bot.image_size import ImageSize
+    from bot.settings import Settings
+
+    figures: dict = {"imports_s": since_spawn()}
+    if config.compile_options is not None:
+        pipeline_service.COMPILE_OPTIONS = config.compile_options
+    settings = Settings.from_env()
+    service = pipeline_service.PipelineService(settings)
+    report = service.load(warm_up=True)
+    figures["ready_s"] = since_spawn()
+    figures.update(
+        load_s=report.load_seconds,
+        warmup_s=report.warmup_seconds,
+        compile=service.compile,
+        offload=settings.offload,
+        attention_backend=settings.attention_backend,
+    )
+    after_load = service.gpu_memory()
+    if after_load is not None:
+        figures["allocated_after_ready_gib"] = after_load.allocated_bytes / GIB
+
+    def generate(text: str, size: str, seed: int) -> float:
+        request = GenerationRequest(text, ImageSize(*parse_size(size)), config.steps, seed)
+        begun = time.perf_counter()
+        service.generate(request)
+        return time.perf_counter() - begun
+
+    try:
+        _time_sizes(figures, config, generate)
+        if config.latent_only and not config.only_first:
+            figures["latent_only_s"] = _time_latent_only(service, config)
+        if config.queue_jobs and not config.only_first:
+            size = ImageSize(*parse_size(config.sizes[0]))
+            requests = [GenerationRequest(prompt(i), size, config.steps, seed=1000 + i) for i in range(config.queue_jobs)]
+            figures["queue"] = asyncio.run(run_queue(settings, service, requests, work_dir / "queue"))
+        figures.update(_memory_figures())
+    finally:
+        service.close()
+    return figures
+
+
+def _time_latent_only(service, config: PhaseConfig) -> float | None:
+    """The pipeline without the VAE decode and PNG-ready conversion: how the time of an image splits."""
+    import torch
+
+    width, height = parse_size(config.sizes[0])
+
+    def run(index: int) -> float:
+        begun = time.perf_counter()
+        service._pipe(
+            prompt=prompt(index),
+            height=height,
+            width=width,
+            num_inference_steps=config.steps,
+            guidance_scale=0.0,
+            generator=torch.Generator("cpu").manual_seed(index),
+            output_type="latent",
+        )
+        torch.cuda.synchronize()
+        return time.perf_counter() - begun
+
+    # On the service's own worker thread: one thread drives the pipeline, always.
+    times = [service._worker.submit(run, index).result() for index in range(3)]
+    return median(times)
+
+
+# ----- a queue of jobs through the real job runner -----------------------------------------------
+
+
+class RecordingPresenter:
+    """A JobPresenter that shows nothing and only records when each job was delivered."""
+
+    def __init__(self) -> None:
+        self.delivered: dict[int, float] = {}
+        self.files: dict[int, list] = {}
+        self.concluded: dict[int, str] = {}
+        self._changed = asyncio.Event()
+
+    def show(self, job) -> None:
+        pass
+
+    async def deliver(self, job, files) -> None:
+        self.delivered[job.job_id] = time.perf_counter()
+        self.files[job.job_id] = files
+        self._changed.set()
+
+    async def conclude(self, job, text: str) -> None:
+        self.concluded[job.job_id] = text
+        self._changed.set()
+
+    async def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while len(self.delivered) + len(self.concluded) < count:
+            self._changed.clear()
+            await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - time.perf_counter()))
+
+
+async def run_queue(settings, service, requests: list, folder: Path, timeout: float = 600.0) -> dict:
+    """Accept every request at once into a JobRunner (store, GPU worker, PNG encoding and saving,
+    delivery) and time until the last one is delivered."""
+    from bot.job_runner import DEFAULT_ATTACHMENT_LIMIT, JobRunner
+    from bot.job_store import JobRecord, JobStore
+
+    settings = replace(
+        settings,
+        data_dir=folder / "data",
+        output_dir=folder / "outputs",
+        max_queue=max(settings.max_queue, len(requests)),
+        max_jobs_per_user=max(settings.max_jobs_per_user, len(requests)),
+    )
+    store = JobStore(settings.data_dir)
+    runner = JobRunner(settings, service, store)
+    presenter = RecordingPresenter()
+    await runner.start(presenter)
+    try:
+        started = time.perf_counter()
+        for request in requests:
+            record = JobRecord(
+                id=None,
+                user_id=1,
+                user_name="bench",
+                guild_id=None,
+                channel_id=1,
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                width=request.size.width,
+                height=request.size.height,
+                steps=request.steps,
+                seed=request.seed,
+                guidance=request.guidance,
+                count=request.count,
+            )
+            await runner.accept(record, application_id=None, attachment_size_limit=DEFAULT_ATTACHMENT_LIMIT)
+        await presenter.wait_for(len(requests), timeout)
+        elapsed = time.perf_counter() - started
+        records = await asyncio.to_thread(store.recent_for_user, 1, len(requests))
+    finally:
+        await runner.stop(grace=5.0)
+        store.close()
+    generation = sum(record.seconds or 0.0 for record in records)
+    return {
+        "jobs": len(requests),
+        "delivered": len(presenter.delivered),
+        "failed": sorted(presenter.concluded.values()),
+        "seconds": elapsed,
+        "images_per_s": len(presenter.delivered) / elapsed if elapsed else None,
+        # Time the pipeline spent generating over the wall time: 1.0 means the GPU never waited.
+        "generation_share": generation / elapsed if elapsed else None,
+        "pngs": sum(len(files) for files in presenter.files.values()),
+    }
+
+
+# ----- entry point of a phase process ------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    phase, result_file = argv[0], Path(argv[1])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    config = PhaseConfig.from_json(os.environ["BENCH_CONFIG"])
+    try:
+        if config.kind == "baseline":
+            figures = measure_baseline(config)
+        else:
+            figures = measure_service(config, result_file.parent / f"{phase}-work")
+        figures["status"] = "ok"
+    except BaseException as error:  # the parent records what went wrong and goes on with the next phase
+        figures = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        log.exception("phase %s failed", phase)
+    result_file.write_text(json.dumps(figures, indent=2, default=str))
+    return 0 if figures["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

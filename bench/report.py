@@ -1,0 +1,281 @@
+"""The benchmark's results (JSON) as markdown tables, and the issue's targets checked against them.
+
+Pure functions of the results dictionary that bench/run_benchmark.py writes, so they are tested on
+CPU with made-up figures and can re-render a saved results.json: `python -m bench.report results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SQUARE = "1024x1024"
+WIDE = "1344x576"
+
+# Columns of the main table: (phase in the results, heading).
+MAIN_COLUMNS = (
+    ("baseline", "plain diffusers"),
+    ("ours", "ours, first start"),
+    ("ours_restart", "ours, restart"),
+    ("ours_eager", "ours, COMPILE=0"),
+)
+OFFLOAD_ROWS = (("ours", "none"), ("offload_model", "model"), ("offload_sequential", "sequential"))
+# Phases of the same service with one option changed, shown side by side with the default.
+VARIANT_PHASES = (
+    ("ours", "default"),
+    ("ours_dynamic", "compile dynamic=True"),
+    ("ours_cudnn", "ATTENTION_BACKEND=_native_cudnn"),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured
+
+
+def get(results: dict, phase: str, *keys: str):
+    """results["phases"][phase][key][key]..., or None where any part is missing or the phase failed."""
+    value = results.get("phases", {}).get(phase)
+    if not isinstance(value, dict) or value.get("status") != "ok":
+        return None
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def seconds(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def gib(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _sum(*values):
+    return None if any(value is None for value in values) else sum(values)
+
+
+def _phase_state(results: dict, phase: str) -> str | None:
+    """'failed', 'skipped' or 'timeout' when the phase did not give figures; None when it did."""
+    entry = results.get("phases", {}).get(phase)
+    if entry is None:
+        return "not run"
+    status = entry.get("status")
+    return None if status == "ok" else status
+
+
+def _row(results: dict, label: str, columns, value: Callable[[str], str], *, column_state: bool = True) -> str:
+    """One table row; a column whose phase gave no figures says why (failed, timeout, skipped)."""
+    cells = []
+    for phase, _ in columns:
+        state = _phase_state(results, phase) if column_state else None
+        if state is None:
+            cells.append(value(phase))
+        else:
+            cells.append("–" if state == "not run" else state)
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def main_table(results: dict) -> list[str]:
+    steps = results.get("settings", {}).get("steps", 8)
+    repeats = results.get("settings", {}).get("repeats", 5)
+    jobs = results.get("settings", {}).get("queue_jobs", 20)
+    columns = MAIN_COLUMNS
+    lines = [
+        "| what | " + " | ".join(heading for _, heading in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+
+    def row(label: str, value: Callable[[str], str], column_state: bool = True) -> None:
+        lines.append(_row(results, label, columns, value, column_state=column_state))
+
+    cold = {"baseline": "baseline_cold", "ours_restart": "ours_cold"}
+    row("process start to ready, warm page cache (s)", lambda p: seconds(get(results, p, "ready_s")))
+    row(
+        "process start to ready, page cache dropped (s)",
+        lambda p: (_phase_state(results, cold[p]) or seconds(get(results, cold[p], "ready_s"))) if p in cold else "–",
+        column_state=False,
+    )
+    row("imports, from process start (s)", lambda p: seconds(get(results, p, "imports_s")))
+    row("load alone (s)", lambda p: seconds(get(results, p, "load_s")))
+    row("warm-up (s)", lambda p: seconds(get(results, p, "warmup_s")) if p != "baseline" else "none")
+    row(
+        "load + warm-up (s)",
+        lambda p: seconds(_sum(get(results, p, "load_s"), get(results, p, "warmup_s") if p != "baseline" else 0.0)),
+    )
+    for size in (SQUARE, WIDE):
+        row(f"first image after ready, {size} (s)", lambda p, s=size: seconds(get(results, p, "first_image_s", s)))
+        row(
+            f"steady {size}, median of {repeats} (s)",
+            lambda p, s=size: seconds(get(results, p, "steady_s", s)),
+        )
+    row(f"of which without the VAE decode, {SQUARE} (s)", lambda p: seconds(get(results, p, "latent_only_s")))
+    row(f"queue of {jobs} jobs, PNGs encoded and saved (images/s)", lambda p: _queue_cell(results, p))
+    row("peak GPU memory allocated / reserved (GiB)", lambda p: _memory_cell(results, p))
+    row("peak host memory, RSS (GiB)", lambda p: gib(get(results, p, "max_rss_gib")))
+    lines.append("")
+    lines.append(
+        f"{steps} steps, guidance 0, batch 1, bf16; prompts of different lengths, a new one for every image. "
+        "\"first start\": empty compile cache; \"restart\": the same DATA_DIR again (warm compile cache). "
+        "The page-cache-dropped row is the baseline and ours with a warm compile cache."
+    )
+    return lines
+
+
+def _queue_cell(results: dict, phase: str) -> str:
+    rate = get(results, phase, "queue", "images_per_s")
+    if rate is None:
+        return "–"
+    steady = get(results, phase, "steady_s", SQUARE)
+    share = f" ({rate * steady:.0%} of 1/steady)" if steady else ""
+    return f"{rate:.2f}{share}"
+
+
+def _memory_cell(results: dict, phase: str) -> str:
+    allocated = get(results, phase, "peak_allocated_gib")
+    reserved = get(results, phase, "peak_reserved_gib")
+    return "–" if allocated is None else f"{gib(allocated)} / {gib(reserved)}"
+
+
+def offload_table(results: dict) -> list[str]:
+    lines = [
+        "| OFFLOAD | start to ready (s) | load (s) | warm-up (s) | first image (s) | steady 1024x1024 (s) "
+        "| peak GPU allocated / reserved (GiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for phase, mode in OFFLOAD_ROWS:
+        state = _phase_state(results, phase)
+        if state:
+            lines.append(f"| {mode} | {state} | | | | | |")
+            continue
+        lines.append(
+            f"| {mode} | {seconds(get(results, phase, 'ready_s'))} | {seconds(get(results, phase, 'load_s'))} "
+            f"| {seconds(get(results, phase, 'warmup_s'))} | {seconds(get(results, phase, 'first_image_s', SQUARE))} "
+            f"| {seconds(get(results, phase, 'steady_s', SQUARE))} | {_memory_cell(results, phase)} |"
+        )
+    return lines
+
+
+def variant_table(results: dict) -> list[str]:
+    phases = [(phase, label) for phase, label in VARIANT_PHASES if phase in results.get("phases", {})]
+    if len(phases) < 2:
+        return []
+    lines = [
+        "| variant | warm-up, empty cache (s) | first image 1024x1024 (s) | steady 1024x1024 (s) "
+        "| first image 1344x576 (s) | steady 1344x576 (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for phase, label in phases:
+        state = _phase_state(results, phase)
+        if state:
+            lines.append(f"| {label} | {state} | | | | |")
+            continue
+        lines.append(
+            f"| {label} | {seconds(get(results, phase, 'warmup_s'))} "
+            f"| {seconds(get(results, phase, 'first_image_s', SQUARE))} "
+            f"| {seconds(get(results, phase, 'steady_s', SQUARE))} "
+            f"| {seconds(get(results, phase, 'first_image_s', WIDE))} "
+            f"| {seconds(get(results, phase, 'steady_s', WIDE))} |"
+        )
+    return lines
+
+
+def evaluate_targets(results: dict) -> list[Target]:
+    """The issue's targets (1024x1024, 8 steps unless said), each met, missed or not measured."""
+    targets = []
+
+    def check(name: str, goal: str, measured, text: str, ok: Callable[[], bool]) -> None:
+        targets.append(Target(name, goal, text if measured is not None else "–", ok() if measured is not None else None))
+
+    steady = get(results, "ours", "steady_s", SQUARE)
+    check("steady latency, bf16", "<= 0.80 s", steady, seconds(steady) + " s", lambda: steady <= 0.80)
+    first = get(results, "ours", "first_image_s", SQUARE)
+    ratio = first / steady if first is not None and steady else None
+    check(
+        "first image after ready", "within 10% of steady", ratio, f"{seconds(first)} s ({ratio or 0:.0%} of steady)",
+        lambda: ratio <= 1.10,
+    )
+    rate = get(results, "ours", "queue", "images_per_s")
+    share = rate * steady if rate is not None and steady else None
+    check(
+        "queue throughput", ">= 95% of 1 / steady", share, f"{rate or 0:.2f} images/s ({share or 0:.0%})",
+        lambda: share >= 0.95,
+    )
+    restart = _sum(get(results, "ours_restart", "load_s"), get(results, "ours_restart", "warmup_s"))
+    check(
+        "warm restart ready (load + warm-up)", "<= 8 s", restart, seconds(restart) + " s", lambda: restart <= 8.0
+    )
+    for phase, mode, memory_goal, time_goal in (
+        ("offload_model", "model", 10.5, 2.6),
+        ("offload_sequential", "sequential", 3.0, 3.5),
+    ):
+        peak = get(results, phase, "peak_allocated_gib")
+        check(f"OFFLOAD={mode} peak GPU memory", f"<= {memory_goal} GiB", peak, gib(peak) + " GiB",
+              lambda peak=peak, goal=memory_goal: peak <= goal)
+        latency = get(results, phase, "steady_s", SQUARE)
+        check(f"OFFLOAD={mode} time an image", f"<= {time_goal} s", latency, seconds(latency) + " s",
+              lambda latency=latency, goal=time_goal: latency <= goal)
+    return targets
+
+
+def targets_table(results: dict) -> list[str]:
+    lines = ["| target | goal | measured | met |", "|---|---|---|---|"]
+    for target in evaluate_targets(results):
+        met = "not measured" if target.met is None else "yes" if target.met else "**no**"
+        lines.append(f"| {target.name} | {target.goal} | {target.measured} | {met} |")
+    return lines
+
+
+def failures(results: dict) -> list[str]:
+    lines = []
+    for phase, entry in results.get("phases", {}).items():
+        if isinstance(entry, dict) and entry.get("status") not in ("ok", None):
+            reason = entry.get("error") or entry.get("reason") or ""
+            lines.append(f"- {phase}: {entry['status']}" + (f" ({reason})" if reason else ""))
+    return lines
+
+
+def render_markdown(results: dict) -> str:
+    machine = results.get("machine", {})
+    versions = ", ".join(f"{name} {version}" for name, version in machine.get("versions", {}).items())
+    lines = [
+        f"## Benchmark: {machine.get('gpu', 'unknown GPU')}",
+        "",
+        f"{results.get('created', '')}; {versions}; {machine.get('cpus', '?')} CPU cores. "
+        f"Model: the full-size Z-Image-Turbo architecture with random weights, in the published file "
+        f"layout (built in {seconds(get(results, 'build', 'seconds'))} s).",
+        "",
+        *main_table(results),
+        "",
+        "### OFFLOAD modes",
+        "",
+        *offload_table(results),
+    ]
+    variants = variant_table(results)
+    if variants:
+        lines += ["", "### Variants of ours (each from an empty compile cache)", "", *variants]
+    lines += ["", "### Targets", "", *targets_table(results)]
+    problems = failures(results)
+    if problems:
+        lines += ["", "### Phases without figures", "", *problems]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    results = json.loads(Path(argv[0]).read_text())
+    sys.stdout.write(render_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
