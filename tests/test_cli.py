@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+from conftest import TINY_REPO_ID, tiny_env
 from PIL import Image
 
 from bot.png_output import read_parameters
-from conftest import TINY_REPO_ID, tiny_env
 
 
 def zimage_bot(args, env, cwd):
@@ -26,7 +27,7 @@ def test_generate_writes_a_png_with_its_parameters(hub_cache, tmp_path):
     assert path.startswith(str(tmp_path / "outputs")) and path.endswith("_42.png")
     with Image.open(path) as image:
         assert image.size == (96, 64)
-    assert read_parameters(open(path, "rb").read()) == (
+    assert read_parameters(Path(path).read_bytes()) == (
         "a lighthouse, 35mm\n"
         f"Steps: 3, Sampler: FlowMatchEuler, CFG scale: 0, Seed: 42, Size: 96x64, Model: {TINY_REPO_ID}"
     )

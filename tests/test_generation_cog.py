@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import itertools
 import re
 
+from conftest import TINY_REPO_ID
 from PIL import Image
 
 from bot.png_output import read_parameters
-from conftest import TINY_REPO_ID
 
 
 async def test_imagine_whole_flow(start_bot, discord_api):
@@ -51,7 +52,7 @@ async def test_imagine_whole_flow(start_bot, discord_api):
     assert all("zimage:cancel:1" in str(payload["components"]) for _, payload in message.history[1:-1])
     # Throttled: at most one edit in 1.5 s, so Discord's rate limit is never hit.
     times = [at for at, _ in message.history[1:-1]]
-    assert all(later - earlier >= 1.4 for earlier, later in zip(times, times[1:]))
+    assert all(later - earlier >= 1.4 for earlier, later in itertools.pairwise(times))
     assert discord_api.rate_limit_hits == []
 
     # Saved to disk too, with the same bytes, and recorded as delivered.
@@ -236,7 +237,7 @@ async def test_cancel_a_queued_job_and_a_running_one(start_bot, discord_api):
     await admin_command(discord_api, "pause")
     alice, mallory = discord_api.make_user("alice"), discord_api.make_user("mallory")
     queued = await imagine(discord_api, "a queued cat", alice)
-    await discord_api.wait_for(lambda: "Cancel" in str((queued.original.components if queued.original else "")))
+    await discord_api.wait_for(lambda: "Cancel" in str(queued.original.components if queued.original else ""))
     refused = await reply_text(discord_api, await discord_api.click(queued.original, "zimage:cancel:1", user=mallory))
     assert "Only the person who asked for it or an admin" in refused.content
     answer = await reply_text(discord_api, await discord_api.click(queued.original, "zimage:cancel:1", user=alice))

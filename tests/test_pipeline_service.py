@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import tiny_env
 
 from bot.generation import (
     CancelToken,
@@ -20,7 +21,6 @@ from bot.generation import (
 )
 from bot.image_size import ImageSize
 from bot.pipeline_service import PipelineService, ServiceState
-from conftest import tiny_env
 
 SMALL = ImageSize(64, 64)
 
