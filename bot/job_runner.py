@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Discord attachments are limited per message; this is the unboosted server's limit.
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
+RETENTION_INTERVAL = 6 * 3600  # how often old jobs and their images are pruned
 
 
 @dataclass(eq=False)
@@ -110,6 +111,7 @@ class JobRunner:
         self._tasks = [
             asyncio.create_task(self._work(), name="gpu-worker"),
             asyncio.create_task(self._deliver_results(), name="delivery"),
+            asyncio.create_task(self._apply_retention(), name="retention"),
         ]
 
     async def stop(self, grace: float = 25.0) -> None:
@@ -269,6 +271,26 @@ class JobRunner:
         await self.presenter.deliver(job, files)
         # Compare-and-set: a job is marked delivered once, whoever gets here first.
         await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED)
+
+    # ----- retention ---------------------------------------------------------------------------
+
+    async def _apply_retention(self) -> None:
+        """Keep DATA_DIR and OUTPUT_DIR bounded: finished jobs older than RETENTION_DAYS go,
+        with their images. Jobs still to be delivered are never touched."""
+        if self.settings.retention_days <= 0:
+            return
+        while True:
+            try:
+                report = await asyncio.to_thread(
+                    self.store.prune, older_than_days=self.settings.retention_days, output_dir=self.settings.output_dir
+                )
+                if report.jobs_removed:
+                    log.info(
+                        "retention: removed %d old job(s) and %d image(s)", report.jobs_removed, report.files_removed
+                    )
+            except Exception:
+                log.exception("retention pass failed; trying again later")
+            await asyncio.sleep(RETENTION_INTERVAL)
 
     # ----- restart recovery --------------------------------------------------------------------
 
