@@ -323,3 +323,15 @@ async def test_a_gateway_drop_in_the_middle_of_a_job(start_bot, discord_api):
     await discord_api.wait_for(lambda: running.bot.is_ready() and discord_api.resume_count >= 1, 15)
     after = await delivered(discord_api, await imagine(discord_api, "after the storm", None))
     assert after.attachments
+
+
+async def test_a_result_over_the_upload_limit_is_sent_smaller(start_bot, discord_api):
+    running = await start_bot(IMAGE_SIZES="64x64,512x512")
+    discord_api.attachment_size_limit = 150_000  # the double refuses larger uploads, as Discord does
+    message = await delivered(discord_api, await imagine(discord_api, "a detailed map", None, size="512x512"))
+    saved = next(running.bot.settings.output_dir.glob("*.png"))
+    assert saved.stat().st_size > 150_000  # the PNG kept on disk is the full one
+    attachment = message.attachments[0]
+    assert attachment.filename == saved.with_suffix(".jpg").name
+    assert attachment.data[:3] == b"\xff\xd8\xff" and len(attachment.data) <= 150_000
+    assert message.embeds[0]["image"]["url"] == f"attachment://{attachment.filename}"
