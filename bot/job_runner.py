@@ -89,6 +89,26 @@ def record_to_request(record: JobRecord) -> GenerationRequest:
     )
 
 
+def new_record(request: GenerationRequest, *, user_id: int, user_name: str, channel_id: int, **fields) -> JobRecord:
+    """A store record for a new job asking for `request`; `fields` are the other JobRecord fields."""
+    return JobRecord(
+        id=None,
+        user_id=user_id,
+        user_name=user_name,
+        guild_id=fields.pop("guild_id", None),
+        channel_id=channel_id,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.size.width,
+        height=request.size.height,
+        steps=request.steps,
+        seed=request.seed,
+        guidance=request.guidance,
+        count=request.count,
+        **fields,
+    )
+
+
 class JobRunner:
     def __init__(self, settings: Settings, service, store: JobStore) -> None:
         self.settings = settings

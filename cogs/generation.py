@@ -24,6 +24,7 @@ from bot.generation import (
 )
 from bot.image_size import ImageSize
 from bot.job_messages import BUTTON_PREFIX, info_embed
+from bot.job_runner import new_record
 from bot.job_store import JobRecord
 from bot.prompt_flags import nearest_size, parse_prompt_flags
 from bot.settings import MAX_STEPS
@@ -136,20 +137,12 @@ class Generation(commands.Cog):
         except BaseException:
             self.runner.queue.release(interaction.user.id)
             raise
-        record = JobRecord(
-            id=None,
+        record = new_record(
+            request,
             user_id=interaction.user.id,
             user_name=str(interaction.user),
-            guild_id=interaction.guild_id,
             channel_id=interaction.channel_id or 0,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=request.size.width,
-            height=request.size.height,
-            steps=request.steps,
-            seed=request.seed,
-            guidance=request.guidance,
-            count=request.count,
+            guild_id=interaction.guild_id,
             kind=kind,
             parent_id=parent_id,
             interaction_id=interaction.id,
