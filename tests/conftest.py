@@ -21,6 +21,7 @@ os.environ.pop("HF_TOKEN", None)
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 import pytest  # noqa: E402
+
 from tiny_model import TINY_REPO_ID, build_tiny_model, install_copy  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_REPO_ID, tiny_env
 from PIL import Image
 
 from bot.png_output import read_parameters
+from conftest import TINY_REPO_ID, tiny_env
 
 
 def zimage_bot(args, env, cwd):

@@ -6,10 +6,10 @@ import io
 import itertools
 import re
 
-from conftest import TINY_REPO_ID
 from PIL import Image
 
 from bot.png_output import read_parameters
+from conftest import TINY_REPO_ID
 
 
 async def test_imagine_whole_flow(start_bot, discord_api):

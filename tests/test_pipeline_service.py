@@ -9,7 +9,6 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import tiny_env
 
 from bot.generation import (
     CancelToken,
@@ -21,6 +20,7 @@ from bot.generation import (
 )
 from bot.image_size import ImageSize
 from bot.pipeline_service import PipelineService, ServiceState
+from conftest import tiny_env
 
 SMALL = ImageSize(64, 64)
 

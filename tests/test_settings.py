@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_env
 
 from bot.image_size import ImageSize
 from bot.settings import ConfigError, Settings, turbo_default_steps
+from conftest import tiny_env
 
 
 def test_defaults_follow_the_contract():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import scan_cache_dir
+
 from tiny_model import (
     NO_EXIST_FILES,
     TINY_REPO_ID,
