@@ -59,7 +59,10 @@ class PhaseConfig:
     queue_jobs: int = 0  # 0: no queue measurement
     latent_only: bool = False  # also time the pipeline without the VAE decode (a breakdown)
     only_first: bool = False  # stop after the first image (start-up phases)
-    compile_options: dict | None = None  # overrides pipeline_service.COMPILE_OPTIONS (variants)
+    # Module constants of bot.pipeline_service to change, for variants: {"PARALLEL_COMPONENT_LOADING": false}
+    service_overrides: dict = field(default_factory=dict)
+    device: str = "cuda"  # the baseline's; "cpu" only for the tiny smoke test
+    experiments: bool = False  # after the figures, try speed options on the live pipeline (not defaults)
 
     @classmethod
     def from_json(cls, text: str) -> PhaseConfig:
@@ -80,6 +83,36 @@ def since_spawn() -> float | None:
     return time.time() - float(spawned) if spawned else None
 
 
+def _anonymous_memory_gib() -> float | None:
+    """Host memory the process owns (not file pages mapped from the page cache), e.g. a weight copy."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
+    return None
+
+
+def _compile_figures() -> dict:
+    """How many graphs dynamo compiled and where its time went (after warm-up)."""
+    import torch._dynamo.utils
+
+    figures = {"compiled_graphs": torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)}
+    try:
+        figures["compile_times"] = torch._dynamo.utils.compile_times(repr="str", aggregate=True)
+    except Exception as error:  # a private helper whose signature moves between torch versions
+        figures["compile_times"] = f"unavailable: {error}"
+    return figures
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _memory_figures() -> dict:
     figures = {"max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
     import torch
@@ -96,17 +129,18 @@ def _memory_figures() -> dict:
 
 def measure_baseline(config: PhaseConfig) -> dict:
     """`from_pretrained(dtype=bf16)`, `.to("cuda")`, call with Turbo settings; diffusers' defaults otherwise."""
-    import diffusers
     import torch
+    from diffusers import ZImagePipeline  # resolves diffusers' lazy import (and transformers') here, as ours does
 
     figures: dict = {"imports_s": since_spawn()}
     started = time.perf_counter()
-    pipe = diffusers.ZImagePipeline.from_pretrained(config.repo_id, dtype=torch.bfloat16, local_files_only=True)
+    pipe = ZImagePipeline.from_pretrained(config.repo_id, dtype=torch.bfloat16, local_files_only=True)
     figures["from_pretrained_s"] = time.perf_counter() - started
-    pipe.to("cuda")
-    torch.cuda.synchronize()
+    pipe.to(config.device)
+    _synchronize()
     figures["load_s"] = time.perf_counter() - started
     figures["ready_s"] = since_spawn()
+    figures["host_anonymous_after_ready_gib"] = _anonymous_memory_gib()
     pipe.set_progress_bar_config(disable=True)  # no effect on speed; keeps the log readable
 
     def generate(text: str, size: str, seed: int) -> float:
@@ -157,8 +191,10 @@ def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
     from bot.settings import Settings
 
     figures: dict = {"imports_s": since_spawn()}
-    if config.compile_options is not None:
-        pipeline_service.COMPILE_OPTIONS = config.compile_options
+    for name, value in config.service_overrides.items():
+        if not hasattr(pipeline_service, name):
+            raise AttributeError(f"bot.pipeline_service has no {name} to override")
+        setattr(pipeline_service, name, value)
     settings = Settings.from_env()
     service = pipeline_service.PipelineService(settings)
     report = service.load(warm_up=True)
@@ -173,6 +209,8 @@ def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
     after_load = service.gpu_memory()
     if after_load is not None:
         figures["allocated_after_ready_gib"] = after_load.allocated_bytes / GIB
+    figures["host_anonymous_after_ready_gib"] = _anonymous_memory_gib()
+    figures.update(_compile_figures())
 
     def generate(text: str, size: str, seed: int) -> float:
         request = GenerationRequest(text, ImageSize(*parse_size(size)), config.steps, seed)
@@ -186,9 +224,14 @@ def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
             figures["latent_only_s"] = _time_latent_only(service, config)
         if config.queue_jobs and not config.only_first:
             size = ImageSize(*parse_size(config.sizes[0]))
-            requests = [GenerationRequest(prompt(i), size, config.steps, seed=1000 + i) for i in range(config.queue_jobs)]
+            requests = [
+                GenerationRequest(prompt(index), size, config.steps, seed=1000 + index)
+                for index in range(config.queue_jobs)
+            ]
             figures["queue"] = asyncio.run(run_queue(settings, service, requests, work_dir / "queue"))
         figures.update(_memory_figures())
+        if config.experiments and not config.only_first:
+            figures["experiments"] = _experiments(service, config, generate)
     finally:
         service.close()
     return figures
@@ -211,12 +254,59 @@ def _time_latent_only(service, config: PhaseConfig) -> float | None:
             generator=torch.Generator("cpu").manual_seed(index),
             output_type="latent",
         )
-        torch.cuda.synchronize()
+        _synchronize()
         return time.perf_counter() - begun
 
     # On the service's own worker thread: one thread drives the pipeline, always.
     times = [service._worker.submit(run, index).result() for index in range(3)]
     return median(times)
+
+
+def _experiments(service, config: PhaseConfig, generate) -> dict:
+    """Where the time of one steady image goes on the GPU: CUDA kernel time by kind (a profile).
+
+    Runs last, so that profiling overhead touches none of the figures above; a failure is recorded.
+    """
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+            wall = generate(prompt(3), config.sizes[0], 3)
+        kernels = []
+        for event in profiler.key_averages():
+            total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+            if total > 0:
+                kernels.append((event.key, total / 1e6, event.count))
+        kernels.sort(key=lambda row: -row[1])
+        by_kind: dict[str, float] = {}
+        for name, seconds, _ in kernels:
+            kind = kernel_kind(name)
+            by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+        return {
+            "profiled_image_s": wall,
+            "kernel_s_by_kind": dict(sorted(by_kind.items(), key=lambda item: -item[1])),
+            "top_kernels": [
+                {"name": name[:120], "s": seconds, "count": count} for name, seconds, count in kernels[:20]
+            ],
+        }
+    except Exception as error:  # recorded for the report
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def kernel_kind(name: str) -> str:
+    """A rough class of a CUDA kernel from its name (cuBLAS, flash attention, Triton, cuDNN...)."""
+    lowered = name.lower()
+    if any(mark in lowered for mark in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
+        return "attention"
+    if any(mark in lowered for mark in ("gemm", "nvjet", "cutlass", "xmma", "matmul", "sm90_")):
+        return "matrix multiply"
+    if "conv" in lowered or "implicit_convolve" in lowered or "cudnn" in lowered:
+        return "convolution"
+    if lowered.startswith("triton"):
+        return "fused elementwise (Triton)"
+    if "memcpy" in lowered or "memset" in lowered:
+        return "copies"
+    return "other"
 
 
 # ----- a queue of jobs through the real job runner -----------------------------------------------

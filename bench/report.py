@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-SQUARE = "1024x1024"
-WIDE = "1344x576"
+SIZES = ("1024x1024", "1344x576")  # what the targets speak of; a results file may name its own
 
 # Columns of the main table: (phase in the results, heading).
 MAIN_COLUMNS = (
@@ -23,11 +22,12 @@ MAIN_COLUMNS = (
     ("ours_eager", "ours, COMPILE=0"),
 )
 OFFLOAD_ROWS = (("ours", "none"), ("offload_model", "model"), ("offload_sequential", "sequential"))
-# Phases of the same service with one option changed, shown side by side with the default.
+# Phases of the same service with one option changed, shown with the phase they differ from.
 VARIANT_PHASES = (
-    ("ours", "default"),
-    ("ours_dynamic", "compile dynamic=True"),
-    ("ours_cudnn", "ATTENTION_BACKEND=_native_cudnn"),
+    ("ours_restart", "restart (default)"),
+    ("ours", "first start (default)"),
+    ("ours_dynamic", "first start, compile dynamic=True"),
+    ("ours_cudnn", "first start, ATTENTION_BACKEND=_native_cudnn"),
 )
 
 
@@ -49,6 +49,12 @@ def get(results: dict, phase: str, *keys: str):
             return None
         value = value[key]
     return value
+
+
+def sizes_of(results: dict) -> tuple[str, str]:
+    """The square (targets) and wide preset of this run: the tiny smoke test uses small ones."""
+    square, wide = (results.get("settings", {}).get("sizes") or SIZES)[:2]
+    return square, wide
 
 
 def seconds(value) -> str:
@@ -90,6 +96,7 @@ def main_table(results: dict) -> list[str]:
     steps = results.get("settings", {}).get("steps", 8)
     repeats = results.get("settings", {}).get("repeats", 5)
     jobs = results.get("settings", {}).get("queue_jobs", 20)
+    square, wide = sizes_of(results)
     columns = MAIN_COLUMNS
     lines = [
         "| what | " + " | ".join(heading for _, heading in columns) + " |",
@@ -113,16 +120,17 @@ def main_table(results: dict) -> list[str]:
         "load + warm-up (s)",
         lambda p: seconds(_sum(get(results, p, "load_s"), get(results, p, "warmup_s") if p != "baseline" else 0.0)),
     )
-    for size in (SQUARE, WIDE):
+    for size in (square, wide):
         row(f"first image after ready, {size} (s)", lambda p, s=size: seconds(get(results, p, "first_image_s", s)))
         row(
             f"steady {size}, median of {repeats} (s)",
             lambda p, s=size: seconds(get(results, p, "steady_s", s)),
         )
-    row(f"of which without the VAE decode, {SQUARE} (s)", lambda p: seconds(get(results, p, "latent_only_s")))
+    row(f"of which without the VAE decode, {square} (s)", lambda p: seconds(get(results, p, "latent_only_s")))
     row(f"queue of {jobs} jobs, PNGs encoded and saved (images/s)", lambda p: _queue_cell(results, p))
     row("peak GPU memory allocated / reserved (GiB)", lambda p: _memory_cell(results, p))
-    row("peak host memory, RSS (GiB)", lambda p: gib(get(results, p, "max_rss_gib")))
+    row("host memory of its own after ready (GiB)", lambda p: gib(get(results, p, "host_anonymous_after_ready_gib")))
+    row("peak host RSS, incl. mapped weight files (GiB)", lambda p: gib(get(results, p, "max_rss_gib")))
     lines.append("")
     lines.append(
         f"{steps} steps, guidance 0, batch 1, bf16; prompts of different lengths, a new one for every image. "
@@ -136,7 +144,7 @@ def _queue_cell(results: dict, phase: str) -> str:
     rate = get(results, phase, "queue", "images_per_s")
     if rate is None:
         return "–"
-    steady = get(results, phase, "steady_s", SQUARE)
+    steady = get(results, phase, "steady_s", sizes_of(results)[0])
     share = f" ({rate * steady:.0%} of 1/steady)" if steady else ""
     return f"{rate:.2f}{share}"
 
@@ -148,8 +156,9 @@ def _memory_cell(results: dict, phase: str) -> str:
 
 
 def offload_table(results: dict) -> list[str]:
+    square, _ = sizes_of(results)
     lines = [
-        "| OFFLOAD | start to ready (s) | load (s) | warm-up (s) | first image (s) | steady 1024x1024 (s) "
+        f"| OFFLOAD | start to ready (s) | load (s) | warm-up (s) | first image (s) | steady {square} (s) "
         "| peak GPU allocated / reserved (GiB) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -160,33 +169,53 @@ def offload_table(results: dict) -> list[str]:
             continue
         lines.append(
             f"| {mode} | {seconds(get(results, phase, 'ready_s'))} | {seconds(get(results, phase, 'load_s'))} "
-            f"| {seconds(get(results, phase, 'warmup_s'))} | {seconds(get(results, phase, 'first_image_s', SQUARE))} "
-            f"| {seconds(get(results, phase, 'steady_s', SQUARE))} | {_memory_cell(results, phase)} |"
+            f"| {seconds(get(results, phase, 'warmup_s'))} | {seconds(get(results, phase, 'first_image_s', square))} "
+            f"| {seconds(get(results, phase, 'steady_s', square))} | {_memory_cell(results, phase)} |"
         )
     return lines
 
 
 def variant_table(results: dict) -> list[str]:
-    phases = [(phase, label) for phase, label in VARIANT_PHASES if phase in results.get("phases", {})]
-    if len(phases) < 2:
+    phases = results.get("phases", {})
+    variants = [phase for phase, _ in VARIANT_PHASES[1:] if phase in phases and phase not in ("ours", "ours_restart")]
+    if not variants:
         return []
+    square, wide = sizes_of(results)
     lines = [
-        "| variant | warm-up, empty cache (s) | first image 1024x1024 (s) | steady 1024x1024 (s) "
-        "| first image 1344x576 (s) | steady 1344x576 (s) |",
+        f"| variant | load (s) | warm-up (s) | first image {square} (s) | steady {square} (s) | steady {wide} (s) |",
         "|---|---|---|---|---|---|",
     ]
-    for phase, label in phases:
+    for phase, label in VARIANT_PHASES:
+        if phase not in phases:
+            continue
         state = _phase_state(results, phase)
         if state:
             lines.append(f"| {label} | {state} | | | | |")
             continue
         lines.append(
-            f"| {label} | {seconds(get(results, phase, 'warmup_s'))} "
-            f"| {seconds(get(results, phase, 'first_image_s', SQUARE))} "
-            f"| {seconds(get(results, phase, 'steady_s', SQUARE))} "
-            f"| {seconds(get(results, phase, 'first_image_s', WIDE))} "
-            f"| {seconds(get(results, phase, 'steady_s', WIDE))} |"
+            f"| {label} | {seconds(get(results, phase, 'load_s'))} | {seconds(get(results, phase, 'warmup_s'))} "
+            f"| {seconds(get(results, phase, 'first_image_s', square))} "
+            f"| {seconds(get(results, phase, 'steady_s', square))} "
+            f"| {seconds(get(results, phase, 'steady_s', wide))} |"
         )
+    return lines
+
+
+def profile_table(results: dict) -> list[str]:
+    """CUDA kernel time of one steady image of ours, by kind of kernel."""
+    profile = get(results, "ours", "experiments")
+    if not profile or not profile.get("kernel_s_by_kind"):
+        return []
+    total = sum(profile["kernel_s_by_kind"].values())
+    lines = [
+        f"One {sizes_of(results)[0]} image under the profiler: {seconds(profile.get('profiled_image_s'))} s wall, "
+        f"{seconds(total)} s of CUDA kernels.",
+        "",
+        "| kernels | s | share |",
+        "|---|---|---|",
+    ]
+    for kind, kind_seconds in profile["kernel_s_by_kind"].items():
+        lines.append(f"| {kind} | {kind_seconds:.3f} | {kind_seconds / total:.0%} |")
     return lines
 
 
@@ -195,11 +224,15 @@ def evaluate_targets(results: dict) -> list[Target]:
     targets = []
 
     def check(name: str, goal: str, measured, text: str, ok: Callable[[], bool]) -> None:
-        targets.append(Target(name, goal, text if measured is not None else "–", ok() if measured is not None else None))
+        if measured is None:
+            targets.append(Target(name, goal, "–", None))
+        else:
+            targets.append(Target(name, goal, text, ok()))
 
-    steady = get(results, "ours", "steady_s", SQUARE)
+    square, _ = sizes_of(results)
+    steady = get(results, "ours", "steady_s", square)
     check("steady latency, bf16", "<= 0.80 s", steady, seconds(steady) + " s", lambda: steady <= 0.80)
-    first = get(results, "ours", "first_image_s", SQUARE)
+    first = get(results, "ours", "first_image_s", square)
     ratio = first / steady if first is not None and steady else None
     check(
         "first image after ready", "within 10% of steady", ratio, f"{seconds(first)} s ({ratio or 0:.0%} of steady)",
@@ -222,7 +255,7 @@ def evaluate_targets(results: dict) -> list[Target]:
         peak = get(results, phase, "peak_allocated_gib")
         check(f"OFFLOAD={mode} peak GPU memory", f"<= {memory_goal} GiB", peak, gib(peak) + " GiB",
               lambda peak=peak, goal=memory_goal: peak <= goal)
-        latency = get(results, phase, "steady_s", SQUARE)
+        latency = get(results, phase, "steady_s", square)
         check(f"OFFLOAD={mode} time an image", f"<= {time_goal} s", latency, seconds(latency) + " s",
               lambda latency=latency, goal=time_goal: latency <= goal)
     return targets
@@ -263,7 +296,10 @@ def render_markdown(results: dict) -> str:
     ]
     variants = variant_table(results)
     if variants:
-        lines += ["", "### Variants of ours (each from an empty compile cache)", "", *variants]
+        lines += ["", "### Variants: one option changed", "", *variants]
+    profile = profile_table(results)
+    if profile:
+        lines += ["", "### Where the time of a steady image goes (ours)", "", *profile]
     lines += ["", "### Targets", "", *targets_table(results)]
     problems = failures(results)
     if problems:

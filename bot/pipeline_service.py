@@ -37,12 +37,21 @@ os.environ.setdefault("HF_ENABLE_PARALLEL_LOADING", "yes")
 import diffusers
 import torch
 
+# Imported here rather than on first use (diffusers imports the pipeline, and with it transformers,
+# lazily), so that the 4-5 s this takes are paid with the other imports, not inside the model load.
+from diffusers import ZImagePipeline
+
 log = logging.getLogger(__name__)
 
 # Two warm-up prompts whose captions differ in length (in tokens, and so in padded caption blocks of 32).
-# Compiled blocks are specialised to the first shapes they see; the second caption length makes the
-# compiler generalise them (automatic dynamic shapes), so that later prompts of any length and every
-# image size reuse the same compiled code instead of recompiling, for seconds, on a user's request.
+# Compiled blocks are specialised to the first shapes they see until a shape changes; then the
+# compiler makes the changing dimension dynamic (automatic dynamic shapes), so that prompts of any
+# length and every image size reuse the compiled code instead of recompiling, for seconds, on a
+# user's request. With the real model the first call already generalises (the image and caption
+# refiners share the block's code and differ in length); the second, 0.5 s, is insurance that the
+# caption length is dynamic whatever the block order (with diffusers' tiny test model it is needed).
+# compile_repeated_blocks(dynamic=True) would need one call, but compiles every dimension dynamic,
+# which made steady generation many times slower (tiny model, CPU; bench/README.md).
 WARMUP_PROMPTS = (
     "a lighthouse on a cliff at sunset, photograph",
     "an old harbour town at dawn seen from a fishing boat, fog over the water, gulls, warm light on "
@@ -50,7 +59,7 @@ WARMUP_PROMPTS = (
 )
 # Steps of each compiling warm-up call: compiled code does not depend on the step count, and every
 # step after the first only repeats work the compiler has already seen.
-COMPILE_WARMUP_STEPS = 2
+COMPILE_WARMUP_STEPS = 1
 # Forwarded to torch.compile for each repeated transformer block (regional compilation): one graph
 # for the 30 main blocks and the refiners instead of one for the whole model, so compiling costs
 # seconds, not minutes. fullgraph: a graph break would silently cost speed.
@@ -98,7 +107,7 @@ class PipelineService:
         self.state = ServiceState.NEW
         self.load_report: LoadReport | None = None
         self.error: str | None = None
-        self._pipe: diffusers.ZImagePipeline | None = None
+        self._pipe: ZImagePipeline | None = None
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
         # Seconds per (step x megapixel), measured; feeds the queue's wait estimates.
@@ -210,7 +219,7 @@ class PipelineService:
             log.info("warm-up took %.1f s", warmup_seconds)
         return LoadReport(from_cache, load_seconds, warmup_seconds, str(self.device), _dtype_name(self.dtype))
 
-    def _from_pretrained(self) -> diffusers.ZImagePipeline:
+    def _from_pretrained(self) -> ZImagePipeline:
         settings = self.settings
         offload = settings.offload if self.device.type == "cuda" else "none"
         if settings.offload != "none" and offload == "none":
@@ -218,9 +227,12 @@ class PipelineService:
         kwargs: dict = {"revision": settings.model_revision, "local_files_only": True}
         kwargs["dtype" if _diffusers_at_least(0, 42) else "torch_dtype"] = self.dtype
         if offload == "none" and self.device.type == "cuda":
-            kwargs["device_map"] = str(self.device)  # straight onto the GPU, no host copy first
+            # Straight onto the GPU, shard by shard (in parallel: HF_ENABLE_PARALLEL_LOADING above),
+            # cast to bf16 on the way: no copy of the model in host memory. H100: 5.9 s, against about
+            # 8 s for loading on the CPU and then .to("cuda") (bench/RESULTS.md).
+            kwargs["device_map"] = str(self.device)
         try:
-            pipe = diffusers.ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
+            pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"could not load {settings.model_id}@{settings.model_revision} from the cache: {error}. "
@@ -245,9 +257,12 @@ class PipelineService:
         """Real generations, so the first user's image is as fast as every later one.
 
         Without compilation one image at the default size pays the first-call costs (CUDA kernels
-        loaded, cuBLAS and cuDNN set up, allocator grown) and measures the speed. With it, two short
-        generations compile the blocks for every image size and caption length (see WARMUP_PROMPTS);
-        warming each offered size separately was measured to add nothing but time (bench/RESULTS.md).
+        loaded, cuBLAS and cuDNN set up, allocator grown) and measures the speed. With it, two
+        one-step generations compile the blocks for every image size and caption length (see
+        WARMUP_PROMPTS). The other offered sizes are not warmed: they reuse the compiled code
+        (measured, no recompilation), and the first image at a new size or caption length costs
+        0.1-0.2 s more, once (per-shape set-up outside the compiled code, such as cuDNN's), while
+        warming the 10 other default sizes would cost about 0.5 s each at every start.
         """
         size = self.settings.default_size
         if not self.compile:
@@ -255,8 +270,9 @@ class PipelineService:
             self._generate(request, None, CancelToken())
             return
         steps = min(COMPILE_WARMUP_STEPS, self.settings.default_steps)
-        for prompt in WARMUP_PROMPTS:
-            self._generate(GenerationRequest(prompt, size, steps, seed=0), None, CancelToken())
+        for number, prompt in enumerate(WARMUP_PROMPTS, start=1):
+            result = self._generate(GenerationRequest(prompt, size, steps, seed=0), None, CancelToken())
+            log.info("warm-up call %d of %d (compiling) took %.1f s", number, len(WARMUP_PROMPTS), result.seconds)
         # Those calls were mostly compilation: no speed figure is better than a badly wrong one.
         # The first real job measures it (queue estimates are missing only until then).
         self._seconds_per_step_mp = None
@@ -360,7 +376,8 @@ def _pick_compile(settings: Settings, device: torch.device) -> bool:
 
 def _use_persistent_compile_cache(cache_dir: Path) -> None:
     """Keep inductor's compiled kernels and graphs in DATA_DIR, so a restart loads them instead of
-    compiling again (measured: about 27 s at the first start, a few seconds after, bench/RESULTS.md).
+    compiling again (H100: warm-up 21 s at the first start, 9 s at a restart, bench/RESULTS.md;
+    what remains is dynamo tracing the blocks again, which no cache of this torch version skips).
 
     An operator's own TORCHINDUCTOR_CACHE_DIR wins. The directory is read when compiling starts,
     so setting it here, after import, still takes effect; the caches are switched on explicitly
@@ -392,7 +409,7 @@ def _diffusers_at_least(major: int, minor: int) -> bool:
     return (int(parts[0]), int(parts[1])) >= (major, minor)
 
 
-def _apply_offload(pipe: diffusers.ZImagePipeline, mode: str, device: torch.device) -> None:
+def _apply_offload(pipe: ZImagePipeline, mode: str, device: torch.device) -> None:
     """Keep what must be resident on the GPU and stream the transformer's blocks (and, for
     `sequential`, the text encoder's) from host memory one group at a time, overlapped with compute
     on a side stream. This is much faster than diffusers' enable_model_cpu_offload, which moves whole

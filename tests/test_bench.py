@@ -1,0 +1,264 @@
+"""The GPU benchmark's CPU-testable parts: building the random model, the report, the queue measurement.
+
+The full-size build and the GPU figures need a GPU machine (bench/README.md); here the same code runs
+with diffusers' tiny test sizes, and the job runner's overlap of PNG saving with generation is
+checked with the real runner on the tiny model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from bench import report
+from bench.build_random_model import (
+    BENCH_REPO_ID,
+    FULL_SIZE,
+    TINY,
+    ModelSpec,
+    _split,
+    build_random_model,
+    repo_folder_name,
+)
+from bench.measure import run_queue
+from bot import job_runner
+from bot.cache_report import inspect_cache
+from bot.generation import GenerationRequest
+from bot.image_size import ImageSize
+from conftest import PROJECT_ROOT
+
+
+def tensor_dtypes(folder: Path) -> set[str]:
+    dtypes = set()
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(shard, framework="pt") as file:
+            dtypes |= {str(file.get_slice(key).get_dtype()) for key in file.keys()}  # noqa: SIM118
+    return dtypes
+
+
+@pytest.fixture(scope="module")
+def tiny_random_model(tmp_path_factory) -> tuple[Path, Path]:
+    hub = tmp_path_factory.mktemp("bench-hf") / "hub"
+    snapshot = build_random_model(hub, BENCH_REPO_ID, TINY, device="cpu", log=lambda text: None)
+    return hub, snapshot
+
+
+def test_the_random_model_has_the_published_layout_and_dtypes(tiny_random_model):
+    hub, snapshot = tiny_random_model
+    transformer, text_encoder, vae = snapshot / "transformer", snapshot / "text_encoder", snapshot / "vae"
+    assert sorted(path.name for path in transformer.glob("*.safetensors")) == [
+        f"diffusion_pytorch_model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)
+    ]
+    assert sorted(path.name for path in text_encoder.glob("*.safetensors")) == [
+        f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)
+    ]
+    assert [path.name for path in vae.glob("*.safetensors")] == ["diffusion_pytorch_model.safetensors"]
+    assert tensor_dtypes(transformer) == {"F32"}
+    assert tensor_dtypes(text_encoder) == {"BF16"}
+    assert tensor_dtypes(vae) == {"BF16"}
+    # Every tensor the index names is in the shard it names.
+    index = json.loads((transformer / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    for shard in set(index["weight_map"].values()):
+        with safe_open(transformer / shard, framework="pt") as file:
+            assert {key for key, file_name in index["weight_map"].items() if file_name == shard} == set(file.keys())
+    # The cache layout a download leaves: blobs named by content, refs/main without a newline.
+    repo = hub / repo_folder_name(BENCH_REPO_ID)
+    assert (repo / "refs" / "main").read_text() == snapshot.name
+    shard = transformer / "diffusion_pytorch_model-00001-of-00003.safetensors"
+    assert shard.is_symlink()
+    assert shard.resolve().name == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert not list((repo / "blobs").glob(".staging-*"))
+    report_ = inspect_cache(BENCH_REPO_ID, cache_root=hub)
+    assert report_.complete, report_.problems
+
+
+def test_the_random_model_loads_offline_and_draws(tiny_random_model):
+    import diffusers
+
+    hub, _ = tiny_random_model
+    pipe = diffusers.ZImagePipeline.from_pretrained(BENCH_REPO_ID, cache_dir=hub, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(prompt="a fox", height=64, width=96, num_inference_steps=2, guidance_scale=0.0).images[0]
+    assert image.size == (96, 64)
+
+
+def test_the_full_size_spec_has_the_published_parameter_counts():
+    import torch
+    from diffusers import ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    with torch.device("meta"):
+        transformer = ZImageTransformer2DModel(**FULL_SIZE.transformer)
+        text_encoder = Qwen3Model(Qwen3Config(**FULL_SIZE.text_encoder))
+    # 24.6 GB in fp32 and 8.0 GB in bf16, as in the published repository.
+    assert sum(p.numel() for p in transformer.parameters()) * 4 == pytest.approx(24.6e9, rel=0.01)
+    assert sum(p.numel() for p in text_encoder.parameters()) * 2 == pytest.approx(8.05e9, rel=0.01)
+
+
+def test_shards_keep_order_and_split_about_evenly():
+    shapes = [(f"w{i}", (100, 10 + i)) for i in range(30)]
+    shards = _split(shapes, 3, 4)
+    assert len(shards) == 3
+    assert [key for shard in shards for key, _ in shard] == [key for key, _ in shapes]
+    sizes = [sum(a * b for _, (a, b) in shard) for shard in shards]
+    assert max(sizes) < 1.2 * min(sizes)
+    assert isinstance(TINY, ModelSpec) and TINY.to_json() != FULL_SIZE.to_json()
+
+
+# ----- the report -------------------------------------------------------------------------------
+
+def fake_results(**phase_overrides) -> dict:
+    square, wide = "1024x1024", "1344x576"
+    phases = {
+        "build": {"status": "ok", "seconds": 61.0},
+        "baseline": {
+            "status": "ok", "ready_s": 31.2, "imports_s": 17.7, "load_s": 8.6,
+            "first_image_s": {square: 5.5, wide: 1.3}, "steady_s": {square: 1.35, wide: 1.0},
+            "peak_allocated_gib": 21.7, "peak_reserved_gib": 22.5, "max_rss_gib": 30.1,
+        },
+        "ours": {
+            "status": "ok", "ready_s": 48.0, "imports_s": 17.0, "load_s": 3.7, "warmup_s": 27.3,
+            "first_image_s": {square: 0.80, wide: 0.62}, "steady_s": {square: 0.78, wide: 0.58},
+            "latent_only_s": 0.66, "peak_allocated_gib": 21.0, "peak_reserved_gib": 23.0, "max_rss_gib": 3.2,
+            "queue": {"jobs": 20, "images_per_s": 1.26, "seconds": 15.9},
+        },
+        "ours_restart": {
+            "status": "ok", "ready_s": 26.0, "load_s": 3.6, "warmup_s": 5.1,
+            "first_image_s": {square: 0.79}, "steady_s": {square: 0.78},
+        },
+        "offload_model": {"status": "ok", "steady_s": {square: 2.3}, "peak_allocated_gib": 10.1},
+        "offload_sequential": {"status": "failed", "error": "RuntimeError: boom"},
+        "baseline_cold": {"status": "skipped", "reason": "cannot drop the page cache here"},
+    }
+    phases.update(phase_overrides)
+    return {
+        "created": "2026-11-27 12:00 UTC",
+        "machine": {"gpu": "NVIDIA H100 80GB HBM3", "cpus": 16, "versions": {"torch": "2.11.0", "diffusers": "0.42.1"}},
+        "settings": {"steps": 8, "repeats": 5, "queue_jobs": 20, "sizes": [square, wide]},
+        "phases": phases,
+    }
+
+
+def table_row(markdown: str, label: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {label}"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_the_report_puts_each_figure_in_its_row_and_column():
+    markdown = report.render_markdown(fake_results())
+    assert "NVIDIA H100 80GB HBM3" in markdown and "torch 2.11.0, diffusers 0.42.1" in markdown
+    assert table_row(markdown, "steady 1024x1024") == ["steady 1024x1024, median of 5 (s)", "1.35", "0.78", "0.78", "–"]
+    assert table_row(markdown, "load + warm-up")[1:4] == ["8.60", "31.0", "8.70"]
+    assert table_row(markdown, "process start to ready, page cache dropped")[1] == "skipped"
+    assert table_row(markdown, "queue of 20 jobs")[2] == "1.26 (98% of 1/steady)"
+    assert table_row(markdown, "peak GPU memory")[1] == "21.7 / 22.5"
+    assert table_row(markdown, "sequential")[1] == "failed"
+    assert "- offload_sequential: failed (RuntimeError: boom)" in markdown
+
+
+def test_the_targets_say_met_missed_or_not_measured():
+    targets = {target.name: target for target in report.evaluate_targets(fake_results())}
+    assert targets["steady latency, bf16"].met is True
+    assert targets["first image after ready"].met is True  # 0.80 / 0.78 = 103%
+    assert targets["queue throughput"].met is True  # 1.26 x 0.78 = 98%
+    assert targets["warm restart ready (load + warm-up)"].met is False  # 8.7 s
+    assert targets["OFFLOAD=model peak GPU memory"].met is True
+    assert targets["OFFLOAD=sequential time an image"].met is None
+    slow = fake_results(ours=dict(fake_results()["phases"]["ours"], first_image_s={"1024x1024": 0.9}))
+    assert {t.name: t for t in report.evaluate_targets(slow)}["first image after ready"].met is False
+    assert "| warm restart ready (load + warm-up) | <= 8 s | 8.70 s | **no** |" in report.render_markdown(slow)
+
+
+def test_the_report_renders_a_saved_results_file(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(fake_results()))
+    output = subprocess.run(
+        [sys.executable, "-m", "bench.report", str(results)], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert output.returncode == 0, output.stderr
+    assert output.stdout == report.render_markdown(fake_results())
+
+
+# ----- the queue measurement, and PNG saving overlapped with the next generation -------------------
+
+class TimedService:
+    """The loaded service, noting when each job's first step ran on the GPU thread."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.first_step: dict[int, float] = {}
+
+    def submit(self, request, *, progress=None, cancel=None):
+        def on_step(step) -> None:
+            self.first_step.setdefault(request.seed, time.perf_counter())
+            if progress is not None:
+                progress(step)
+
+        return self.service.submit(request, progress=on_step, cancel=cancel)
+
+    def estimate_seconds(self, request):
+        return self.service.estimate_seconds(request)
+
+
+async def test_png_saving_overlaps_the_next_generation(loaded_service, tmp_path, monkeypatch):
+    saves: dict[int, tuple[float, float]] = {}
+    real_save = job_runner.save_png
+
+    def slow_save(image, request, seed, model_id, output_dir):
+        # Saving a 1024x1024 PNG takes 100-150 ms of CPU on the real model; here it is made long
+        # enough that the GPU thread, if it waited for it, could not start the next job in time.
+        begun = time.perf_counter()
+        assert threading.current_thread() is not threading.main_thread()
+        time.sleep(0.4)
+        result = real_save(image, request, seed, model_id, output_dir)
+        saves[seed] = (begun, time.perf_counter())
+        return result
+
+    monkeypatch.setattr(job_runner, "save_png", slow_save)
+    service = TimedService(loaded_service)
+    requests = [GenerationRequest(f"a fox, take {i}", ImageSize(64, 64), 2, seed=100 + i) for i in range(3)]
+    figures = await asyncio.wait_for(
+        run_queue(loaded_service.settings, service, requests, tmp_path / "queue"), timeout=60
+    )
+    assert figures["delivered"] == 3 and figures["pngs"] == 3 and not figures["failed"]
+    assert len(list((tmp_path / "queue" / "outputs").glob("*.png"))) == 3
+    # Job 2 was generating while job 1's PNG was still being saved, and job 3 during job 2's.
+    assert service.first_step[101] < saves[100][1]
+    assert service.first_step[102] < saves[101][1]
+    # Three saves of 0.4 s one after the other bound the run; waiting generations would add to it.
+    assert figures["seconds"] < 3 * 0.4 + 0.6
+
+
+def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_path):
+    """The orchestrator, a service phase in its own process, the JSON and the table, on the CPU."""
+    hub, _ = tiny_random_model
+    work = tmp_path / "work"
+    (work / "hf").mkdir(parents=True)
+    # The model built above stands in for the build step (which runs the same builder in a process).
+    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
+    (work / "built-model.json").write_text(TINY.to_json())
+    results = tmp_path / "results"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "bench.run_benchmark", "--tiny", "--work-dir", str(work), "--results",
+            str(results), "--phases", "ours", "--repeats", "1", "--queue-jobs", "2",
+        ],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr + (results / "phases.log").read_text()
+    figures = json.loads((results / "results.json").read_text())["phases"]["ours"]
+    assert figures["status"] == "ok"
+    assert figures["load_s"] > 0 and figures["ready_s"] > figures["load_s"]
+    assert set(figures["steady_s"]) == {"64x64", "96x64"}
+    assert figures["queue"]["delivered"] == 2
+    markdown = (results / "results.md").read_text()
+    assert table_row(markdown, "queue of 2 jobs")[2] != "–"
