@@ -120,6 +120,9 @@ class DiscordJobPresenter:
             self.model_id,
             uploads[0][0] if uploads else None,
         )
+        if job.resumed and record.delivery_attempts > 1 and await self._already_shown(job):
+            log.info("job %d: its result is already in its message; not posting it again", job.job_id)
+            return
         if self._token_usable(job):
             try:
                 message = await self._webhook(job).edit_message(
@@ -145,6 +148,20 @@ class DiscordJobPresenter:
             view=result_view(job.job_id),
             allowed_mentions=_only(job.user_id),
             nonce=f"zimage-job-{job.job_id}"[:25],  # Discord refuses a second message with this nonce
+        )
+
+    async def _already_shown(self, job: ActiveJob) -> bool:
+        """Whether an attempt before the restart put the result into the job's own message."""
+        record = job.record
+        if record.interaction_token is None or job.token_age >= TOKEN_LIFETIME or self.bot.application_id is None:
+            return False  # (a stored status_message_id would allow this check with the bot token)
+        webhook = discord.Webhook.partial(self.bot.application_id, record.interaction_token, client=self.bot)
+        try:
+            message = await webhook.fetch_message("@original")
+        except discord.HTTPException:
+            return False
+        return bool(message.attachments) and any(
+            (embed.footer.text or "").startswith(f"Job {job.job_id} ") for embed in message.embeds
         )
 
     # ----- plumbing ----------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class GenerationQueue(Generic[Entry]):
     async def get(self) -> Entry:
         """Wait for the next job in fair order (not while paused) and mark it running."""
         async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._waiting) and not self._paused)
+            await self._changed.wait_for(lambda: bool(self._waiting) and not self._paused and not self._closed)
             user_id, jobs = next(iter(self._waiting.items()))
             entry = jobs.popleft()
             # The user goes to the back of the rotation; users with nothing left leave it.

@@ -164,13 +164,25 @@ class JobRunner:
         reason for the user) when the limits say no. Every reserve is followed by `accept`."""
         self.queue.reserve(user_id)
 
-    async def accept(self, record: JobRecord, *, application_id: int | None, attachment_size_limit: int) -> ActiveJob:
-        """Record the job, then queue it in the place reserved for it."""
+    async def record(self, record: JobRecord) -> JobRecord:
+        """Store a job before it is acknowledged: once the user sees it accepted, a crash cannot lose it."""
         try:
-            record = await asyncio.to_thread(self.store.add, record)
+            return await asyncio.to_thread(self.store.add, record)
         except BaseException:
             self.queue.release(record.user_id)
             raise
+
+    async def discard(self, record: JobRecord) -> None:
+        """A recorded job whose acknowledgement failed: the user never saw it accepted."""
+        self.queue.release(record.user_id)
+        await asyncio.to_thread(
+            self.store.transition, record.id, [JobState.QUEUED], JobState.CANCELLED, finished_at=time.time()
+        )
+
+    async def accept(self, record: JobRecord, *, application_id: int | None, attachment_size_limit: int) -> ActiveJob:
+        """Queue a recorded job in the place reserved for it."""
+        if record.id is None:
+            record = await self.record(record)
         job = self._activate(record, application_id=application_id, attachment_size_limit=attachment_size_limit)
         await self.queue.put(job, reserved=True)
         self._refresh_positions()
@@ -229,7 +241,8 @@ class JobRunner:
         self._show(job)
 
         def on_step(step: StepProgress) -> None:  # called on the GPU thread
-            loop.call_soon_threadsafe(self._on_progress, job, step)
+            if not loop.is_closed():  # shutting down: nobody is left to show it
+                loop.call_soon_threadsafe(self._on_progress, job, step)
 
         try:
             future = self.service.submit(job.request, progress=on_step, cancel=job.cancel)

@@ -130,13 +130,8 @@ class Generation(commands.Cog):
     async def enqueue(
         self, interaction: discord.Interaction, request: GenerationRequest, *, kind: str, parent_id: int | None = None
     ) -> None:
-        """Acknowledge at once, then record and queue the job. Refusals are private and queue nothing."""
+        """Record, acknowledge at once, then queue the job. Refusals are private and queue nothing."""
         self.runner.reserve(interaction.user.id)
-        try:
-            await interaction.response.defer(thinking=True)
-        except BaseException:
-            self.runner.queue.release(interaction.user.id)
-            raise
         record = new_record(
             request,
             user_id=interaction.user.id,
@@ -149,6 +144,12 @@ class Generation(commands.Cog):
             interaction_token=interaction.token,
             token_created_at=time.time(),
         )
+        record = await self.runner.record(record)
+        try:
+            await interaction.response.defer(thinking=True)
+        except BaseException:
+            await self.runner.discard(record)
+            raise
         await self.runner.accept(
             record, application_id=interaction.application_id, attachment_size_limit=interaction.filesize_limit
         )

@@ -3,8 +3,10 @@
 The real, unpatched discord.py client logs in against it once `discord.http.Route.BASE` is set to
 `api_base` and `discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY` to `yarl.URL(gateway_url)`.
 It enforces the rules that mocks miss (the 3-second acknowledgement, one acknowledgement per
-interaction, 15-minute tokens, per-message edit rate limits), records every message the bot produces,
-and validates every request body against Discord's OpenAPI description in ../shared/discord-api-spec.
+interaction, 15-minute tokens, per-message edit rate limits, `enforce_nonce`), records every message the
+bot produces, and validates every request body against Discord's OpenAPI description in
+../shared/discord-api-spec. `stall_next` holds a response back after carrying out its request: the
+window in which a crash leaves the bot not knowing what Discord has already done.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class MessageRecord:
     via: str = "channel"  # "response" (callback), "followup" (webhook) or "channel" (bot token)
     history: list[tuple[float, dict]] = field(default_factory=list)  # (monotonic time, payload)
     deleted: bool = False
+    nonce: str | None = None  # as the bot sent it when creating the message
 
     @property
     def ephemeral(self) -> bool:
@@ -198,6 +201,22 @@ class RequestRecord:
     body: Any
     at: float
     status: int = 0
+    files: list[str] = field(default_factory=list)  # the uploaded file names, for multipart bodies
+
+
+@dataclass
+class Stall:
+    """The next matching request is carried out, but its response is held back until `release()`:
+    Discord has done what was asked while the bot still waits, the window a crash can fall into."""
+
+    method: str
+    pattern: re.Pattern
+    when: Callable[[RequestRecord], bool] | None
+    caught: RequestRecord | None = None  # the request being held
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @dataclass
@@ -316,6 +335,8 @@ class DiscordDouble:
         self.unhandled: list[str] = []  # requests for routes the double does not serve
         self.rate_limit_hits: list[str] = []  # edit-rate 429s the bot earned on its own
         self.identify_count = self.resume_count = 0
+        self.identify_times: list[float] = []  # time.monotonic() of each IDENTIFY
+        self.nonce_window = 5 * 60.0  # seconds in which enforce_nonce returns the earlier message
         self.session_id: str | None = None
         self.intents: int | None = None
 
@@ -323,6 +344,7 @@ class DiscordDouble:
         self._by_token: dict[str, InteractionRecord] = {}
         self._command_ids: dict[tuple, str] = {}
         self._failures: list[_Failure] = []
+        self._stalls: list[Stall] = []
         self._edits: dict[str, list[float]] = {}
         self._ws: web.WebSocketResponse | None = None  # the identified (or resumed) connection
         self._transports: dict[web.WebSocketResponse, Any] = {}
@@ -359,6 +381,8 @@ class DiscordDouble:
         return self
 
     async def __aexit__(self, exc_type: Any, *_: Any) -> None:
+        for stall in self._stalls:
+            stall.release()
         for ws in list(self._transports):
             await ws.close(code=1001)
         if self._runner is not None:
@@ -416,6 +440,13 @@ class DiscordDouble:
         self._failures.append(
             _Failure(method.upper(), re.compile(path_regex), status, retry_after, count, code, text, is_global)
         )
+
+    def stall_next(self, method: str, path_regex: str, *, when: Callable[[RequestRecord], bool] | None = None) -> Stall:
+        """Carry out the next request whose path (after /api/v10) matches, and `when` accepts, but hold
+        its response back until the returned Stall is released (or the double closes)."""
+        stall = Stall(method.upper(), re.compile(path_regex), when)
+        self._stalls.append(stall)
+        return stall
 
     async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
         """Wait until predicate() is truthy; re-checked after every request and gateway event."""
@@ -684,7 +715,16 @@ class DiscordDouble:
         granted = ALL_PERMISSIONS if self.bot_permissions & ADMINISTRATOR else self.bot_permissions
         if channel["type"] != 1 and granted & needed != needed:
             raise ApiError(403, 50013, "Missing Permissions")
-        message = self._create_message(channel["id"], request[_BODY] or {}, request[_FILES], None, "channel")
+        data = request[_BODY] or {}
+        nonce = str(data["nonce"]) if data.get("nonce") is not None else None
+        if nonce is not None and data.get("enforce_nonce"):
+            # Discord: with enforce_nonce, a nonce the same author used in the last few minutes gets
+            # that earlier message back and nothing new is created.
+            for earlier in self.messages.values():
+                if earlier.nonce == nonce and time.monotonic() - earlier.history[0][0] < self.nonce_window:
+                    return _json(self._message_payload(earlier))
+        message = self._create_message(channel["id"], data, request[_FILES], None, "channel")
+        message.nonce = nonce
         return _json(self._message_payload(message))
 
     async def _channel_message(self, request: web.Request) -> web.Response:
@@ -882,6 +922,7 @@ class DiscordDouble:
         self.requests.append(record)
         try:
             record.body, files = await self._read_body(request)
+            record.files = [filename for _, filename, _, _ in files]
             request[_BODY], request[_FILES] = record.body, files
             problems = (
                 self._spec.errors(request.method, path, request.content_type, record.body)
@@ -908,6 +949,21 @@ class DiscordDouble:
             response = _json({"message": f"{error.status}: {error.reason}", "code": 0}, error.status)
         record.status = response.status
         self._changed()
+        stall = next(
+            (
+                s
+                for s in self._stalls
+                if s.caught is None
+                and s.method == request.method
+                and s.pattern.search(path)
+                and (s.when is None or s.when(record))
+            ),
+            None,
+        )
+        if stall is not None and response.status < 300:
+            stall.caught = record
+            self._changed()
+            await stall.released.wait()  # a client that died meanwhile never reads the answer
         return response
 
     async def _read_body(self, request: web.Request) -> tuple[Any, list]:
@@ -993,6 +1049,7 @@ class DiscordDouble:
             await ws.close(code=4004, message=b"Authentication failed.")
             return
         self.identify_count += 1
+        self.identify_times.append(time.monotonic())
         self.session_id, self._seq, self.intents = secrets.token_hex(16), 0, data.get("intents")
         self._ws = ws
         await self._dispatch(

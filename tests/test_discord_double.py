@@ -13,6 +13,7 @@ import pytest_asyncio
 import yarl
 from discord import app_commands
 from discord.ext import commands
+
 from discord_double import SPEC_PATH, DiscordDouble
 
 pytestmark = pytest.mark.asyncio
@@ -252,3 +253,30 @@ async def test_editing_one_message_too_fast_is_rate_limited(discord_api: Discord
                     assert response.headers["Via"] and (await response.json())["retry_after"] > 0
     assert statuses == [200] * 5 + [429]
     assert discord_api.rate_limit_hits and discord_api.messages[message_id].content == "progress 50%"
+
+
+async def test_enforce_nonce_returns_the_earlier_message(discord_api: DiscordDouble, bot: TinyBot) -> None:
+    channel = bot.get_channel(int(discord_api.channel_id))
+    first = await channel.send("your picture", nonce="job-7")  # discord.py adds enforce_nonce
+    again = await channel.send("your picture, again", nonce="job-7")
+    other = await channel.send("another picture", nonce="job-8")
+
+    assert again.id == first.id and other.id != first.id
+    assert [m.content for m in discord_api.channel_messages()] == ["your picture", "another picture"]
+    assert discord_api.channel_messages()[0].nonce == "job-7"
+
+
+async def test_a_stalled_response_is_carried_out_first(discord_api: DiscordDouble, bot: TinyBot) -> None:
+    stall = discord_api.stall_next("POST", r"^/channels/\d+/messages$", when=lambda request: bool(request.files))
+    channel = bot.get_channel(int(discord_api.channel_id))
+    await channel.send("no file: not stalled")
+    sending = asyncio.create_task(channel.send("with a file", file=discord.File(io.BytesIO(b"x"), "x.bin")))
+
+    await discord_api.wait_for(lambda: stall.caught is not None)
+    assert stall.caught.files == ["x.bin"]
+    assert [m.content for m in discord_api.channel_messages()] == ["no file: not stalled", "with a file"]
+    await asyncio.sleep(0.2)
+    assert not sending.done()  # Discord has posted it; the bot does not know yet
+    stall.release()
+    message = await asyncio.wait_for(sending, 5)
+    assert str(message.id) == discord_api.channel_messages()[1].id
