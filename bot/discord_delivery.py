@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import discord
 from PIL import Image
 
-from bot.job_messages import cancel_view, result_embed, result_view, status_text
+from bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
 from bot.job_runner import ActiveJob, OutputFile
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class DiscordJobPresenter:
         self.model_id = model_id
         self._paused = paused
         self._live: dict[int, _LiveMessage] = {}
+        self._notices: dict[int, asyncio.Task] = {}  # "the bot restarted" edits still in flight
 
     # ----- live status -----------------------------------------------------------------------
 
@@ -98,6 +99,7 @@ class DiscordJobPresenter:
 
     async def conclude(self, job: ActiveJob, text: str) -> None:
         await self._finish_live(job)
+        await self._after_notice(job)
         if self._token_usable(job):
             try:
                 await self._webhook(job).edit_message("@original", content=text, view=None, embeds=[], attachments=[])
@@ -110,6 +112,7 @@ class DiscordJobPresenter:
 
     async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
         await self._finish_live(job)
+        await self._after_notice(job)
         uploads = await asyncio.to_thread(_read_for_upload, files, job.attachment_size_limit)
         record = job.record
         embed = result_embed(
@@ -149,13 +152,49 @@ class DiscordJobPresenter:
             allowed_mentions=_only(job.user_id),
             nonce=f"zimage-job-{job.job_id}"[:25],  # Discord refuses a second message with this nonce
         )
+        webhook = self._restarted_webhook(job)
+        if webhook is not None:
+            await self._edit_quietly(job, webhook, content="✅ Done: the result is posted in this channel.", view=None)
+
+    def resumed(self, job: ActiveJob) -> None:
+        """Tell the requester, in the job's own message while its token still works, that the job
+        survived the restart and where its result will appear (in the background: a start does not
+        wait for these edits, but the job's final message waits for its notice)."""
+        webhook = self._restarted_webhook(job)
+        if webhook is not None:
+            self._notices[job.job_id] = asyncio.create_task(
+                self._edit_quietly(
+                    job,
+                    webhook,
+                    content=f"🔄 The bot restarted; your job is saved and queued again. "
+                    f"The result will be posted in this channel.\n{quote(job.request.prompt)}",
+                    view=cancel_view(job.job_id),
+                )
+            )
+
+    async def _after_notice(self, job: ActiveJob) -> None:
+        notice = self._notices.pop(job.job_id, None)
+        if notice is not None:
+            await notice
+
+    async def _edit_quietly(self, job: ActiveJob, webhook: discord.Webhook, **changes) -> None:
+        try:
+            await webhook.edit_message("@original", **changes)
+        except Exception as error:  # best effort: the result itself goes to the channel regardless
+            log.warning("could not update the message of job %d: %s", job.job_id, error)
+
+    def _restarted_webhook(self, job: ActiveJob) -> discord.Webhook | None:
+        """The interaction webhook of a job from before the restart, while its token is still valid."""
+        token = job.record.interaction_token
+        if token is None or job.token_age >= TOKEN_LIFETIME or self.bot.application_id is None:
+            return None
+        return discord.Webhook.partial(self.bot.application_id, token, client=self.bot)
 
     async def _already_shown(self, job: ActiveJob) -> bool:
         """Whether an attempt before the restart put the result into the job's own message."""
-        record = job.record
-        if record.interaction_token is None or job.token_age >= TOKEN_LIFETIME or self.bot.application_id is None:
+        webhook = self._restarted_webhook(job)
+        if webhook is None:
             return False  # (a stored status_message_id would allow this check with the bot token)
-        webhook = discord.Webhook.partial(self.bot.application_id, record.interaction_token, client=self.bot)
         try:
             message = await webhook.fetch_message("@original")
         except discord.HTTPException:

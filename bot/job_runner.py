@@ -46,7 +46,7 @@ class ActiveJob(QueueEntry):
     cancel: CancelToken = field(default_factory=CancelToken, repr=False)
     application_id: int | None = None
     attachment_size_limit: int = DEFAULT_ATTACHMENT_LIMIT
-    resumed: bool = False  # accepted before a restart: its interaction token is gone
+    resumed: bool = False  # accepted before a restart: its result is posted to the channel
     position: int | None = None
     eta_seconds: float | None = None
     progress: StepProgress | None = None
@@ -75,6 +75,9 @@ class JobPresenter(Protocol):
 
     async def conclude(self, job: ActiveJob, text: str) -> None:
         """Replace the job's message with a final text (cancelled, failed, shutting down)."""
+
+    def resumed(self, job: ActiveJob) -> None:
+        """Say (in the background) that a job from before a restart is queued again."""
 
 
 def record_to_request(record: JobRecord) -> GenerationRequest:
@@ -339,6 +342,8 @@ class JobRunner:
                 log.info("job %d was %s before the restart; queueing it again", record.id, record.state.value)
                 await self._update(job, state=JobState.QUEUED)
                 await self.queue.put(job, bypass_limits=True)
+                if self.presenter is not None:
+                    self.presenter.resumed(job)
         if records:
             log.info("resumed %d unfinished job(s) from before the restart", len(records))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from bot.generation import (
     StepProgress,
     validate_request,
 )
+from bot.image_size import ImageSize
 from bot.settings import MAX_STEPS, Settings
 
 # Read by diffusers when it is imported: load the shards of each model in parallel.
@@ -110,8 +112,8 @@ class PipelineService:
         self._pipe: ZImagePipeline | None = None
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
-        # Seconds per (step x megapixel), measured; feeds the queue's wait estimates.
-        self._seconds_per_step_mp: float | None = None
+        # Measured seconds per image by (size, steps); feeds the queue's wait estimates.
+        self._seconds_per_image: dict[tuple[ImageSize, int], float] = {}
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -160,11 +162,22 @@ class PipelineService:
         return self.submit(request, **kwargs).result()
 
     def estimate_seconds(self, request: GenerationRequest) -> float | None:
-        """Expected run time of `request` from what was measured so far; None before any measurement."""
-        if self._seconds_per_step_mp is None:
+        """Expected run time of `request` from what was measured so far; None before any measurement.
+
+        The same size and steps measured before give the answer; otherwise the most similar measured
+        work is scaled by steps x pixels (fixed costs such as the text encoder make a far-off
+        measurement misleading, so the nearest one is used)."""
+        measured = dict(self._seconds_per_image)  # the GPU thread may add to it meanwhile
+        if not measured:
             return None
-        megapixels = request.size.pixels / 1e6
-        return self._seconds_per_step_mp * request.steps * megapixels * request.count
+        per_image = measured.get((request.size, request.steps))
+        if per_image is None:
+            work = request.steps * request.size.pixels
+            (size, steps), seconds = min(
+                measured.items(), key=lambda item: abs(math.log(item[0][1] * item[0][0].pixels / work))
+            )
+            per_image = seconds * work / (steps * size.pixels)
+        return per_image * request.count
 
     def gpu_memory(self) -> GpuMemory | None:
         if self.device.type != "cuda":
@@ -275,7 +288,7 @@ class PipelineService:
             log.info("warm-up call %d of %d (compiling) took %.1f s", number, len(WARMUP_PROMPTS), result.seconds)
         # Those calls were mostly compilation: no speed figure is better than a badly wrong one.
         # The first real job measures it (queue estimates are missing only until then).
-        self._seconds_per_step_mp = None
+        self._seconds_per_image.clear()
 
     def _generate(
         self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
@@ -337,9 +350,10 @@ class PipelineService:
         return output.images[0]
 
     def _record_speed(self, request: GenerationRequest, seconds: float) -> None:
-        sample = seconds / (request.steps * request.size.pixels / 1e6 * request.count)
-        previous = self._seconds_per_step_mp
-        self._seconds_per_step_mp = sample if previous is None else 0.7 * previous + 0.3 * sample
+        key = (request.size, request.steps)
+        sample = seconds / request.count
+        previous = self._seconds_per_image.get(key)
+        self._seconds_per_image[key] = sample if previous is None else 0.7 * previous + 0.3 * sample
 
     def _free_memory(self) -> None:
         gc.collect()

@@ -183,3 +183,12 @@ def test_a_cached_model_loads_without_the_offline_flag_and_never_touches_the_net
     assert "(local cache" in result.stderr
     assert counter.connections == 0
     assert out.is_file()
+
+
+def test_wait_estimates_come_from_what_was_measured(loaded_service):
+    size = ImageSize(160, 160)  # a size no other test measures
+    result = loaded_service.generate(request(size=size, steps=7))
+    assert loaded_service.estimate_seconds(request(size=size, steps=7)) == pytest.approx(result.seconds)
+    assert loaded_service.estimate_seconds(request(size=size, steps=7, count=3)) == pytest.approx(3 * result.seconds)
+    # Unmeasured work is scaled from the most similar measurement: twice the steps, about twice the time.
+    assert loaded_service.estimate_seconds(request(size=size, steps=14)) == pytest.approx(2 * result.seconds)

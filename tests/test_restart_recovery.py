@@ -386,6 +386,13 @@ async def test_sigterm_with_jobs_queued_then_restart(launch, discord_api, tmp_pa
     assert_posted_after_restart(posted[2][0], bob)
     assert_posted_after_restart(posted[3][0], alice)
     assert [posted[job][0].embeds[0]["title"] for job in (2, 3)] == ["bob waits", "alice waits"]
+    # Their own messages, still editable a minute later, first said the jobs were queued again, then
+    # where the results went.
+    for interaction in (bob_waits, alice_waits):
+        texts = [payload.get("content") for _, payload in interaction.original.history]
+        assert any(text and text.startswith("🔄 The bot restarted; your job is saved") for text in texts), texts
+        assert texts[-1] == "✅ Done: the result is posted in this channel."
+        assert interaction.original.components == []
 
     # `model ready` came before each life's login and IDENTIFY, and the commands were synced once.
     assert_model_ready_before_connecting(first, discord_api, 0)
