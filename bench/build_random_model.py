@@ -15,9 +15,7 @@ Usage: python -m bench.build_random_model HUB_CACHE [--repo-id ORG/NAME] [--tiny
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -26,34 +24,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.hub_layout import blob_name, install_snapshot, make_tokenizer, repo_folder_name
+
 BENCH_REPO_ID = "random-weights/Z-Image-Turbo"
-
-# Suffixes the Hub stores with Git LFS (blob named by sha256); other files are named by their git-sha1.
-LFS_SUFFIXES = (".safetensors",)
-
-QWEN3_STYLE_CHAT_TEMPLATE = (
-    # The Qwen3 turn markers and `enable_thinking` switch, as the pipeline's apply_chat_template expects.
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}"
-    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
-    "{%- endif -%}"
-    "{%- endif -%}"
-)
-
-# Text the byte-level BPE is trained on; fixed, so every build makes the same vocabulary.
-_TOKENIZER_CORPUS = [
-    "a cat sitting on a windowsill in the morning light",
-    "a photo of a dog running across a green field",
-    "a watercolor painting of a lighthouse by the sea at sunset",
-    "portrait of an astronaut riding a horse, highly detailed",
-    "a red apple on a wooden table, studio lighting, 4k",
-    "the quick brown fox jumps over the lazy dog",
-    "user assistant system think image prompt photograph cinematic",
-] * 4
 
 
 @dataclass(frozen=True)
@@ -164,10 +137,6 @@ TINY = ModelSpec(
 )
 
 
-def repo_folder_name(repo_id: str) -> str:
-    return "models--" + repo_id.replace("/", "--")
-
-
 def build_random_model(
     hub_cache: Path,
     repo_id: str = BENCH_REPO_ID,
@@ -191,7 +160,7 @@ def build_random_model(
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="bench-write") as writer:
             blob_names = _write_pipeline(staging, spec, device, seed, writer)
-            snapshot = _install_snapshot(staging, repo_dir, {path: f.result() for path, f in blob_names.items()})
+            snapshot = install_snapshot(staging, repo_dir, {path: f.result() for path, f in blob_names.items()})
         log(f"built {repo_id} ({_tree_bytes(snapshot) / 1e9:.1f} GB) in {time.perf_counter() - started:.1f} s")
         return snapshot
     finally:
@@ -205,7 +174,10 @@ def _write_pipeline(staging: Path, spec: ModelSpec, device: str, seed: int, writ
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    tokenizer = make_tokenizer(spec.tokenizer_vocab_size)
+    from bench.measure import PROMPTS
+
+    # Trained on the benchmark's prompts too: other text falls apart into more, shorter tokens.
+    tokenizer = make_tokenizer(spec.tokenizer_vocab_size, extra_corpus=PROMPTS * 4)
     tokenizer.save_pretrained(staging / "tokenizer")
     FlowMatchEulerDiscreteScheduler(**spec.scheduler).save_config(staging / "scheduler")
 
@@ -274,7 +246,7 @@ def _write_pipeline(staging: Path, spec: ModelSpec, device: str, seed: int, writ
     for path in sorted(staging.rglob("*")):
         relative = path.relative_to(staging).as_posix()
         if path.is_file() and relative not in blob_names:
-            blob_names[relative] = writer.submit(_blob_name, path)
+            blob_names[relative] = writer.submit(blob_name, path)
     return blob_names
 
 
@@ -313,44 +285,7 @@ def _save_and_hash(tensors: dict, path: Path) -> str:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt"})
-    return _blob_name(path)
-
-
-def _blob_name(path: Path) -> str:
-    """The name the Hub gives a file's blob: sha256 for LFS files, the git object id otherwise."""
-    if path.name.endswith(LFS_SUFFIXES):
-        digest = hashlib.sha256()
-    else:
-        digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as file:
-        while chunk := file.read(64 << 20):
-            digest.update(chunk)  # hashlib releases the GIL on large buffers: shards hash in parallel
-    return digest.hexdigest()
-
-
-def _install_snapshot(staging: Path, repo_dir: Path, blob_names: dict[str, str]) -> Path:
-    listing = "".join(f"{name} {blob}\n" for name, blob in sorted(blob_names.items()))
-    commit = hashlib.sha1(listing.encode()).hexdigest()  # depends only on the contents
-    snapshot = repo_dir / "snapshots" / commit
-    locks = repo_dir.parent / ".locks" / repo_dir.name
-    for folder in (snapshot, locks, repo_dir / "refs"):
-        folder.mkdir(parents=True, exist_ok=True)
-    for relative, blob_name in blob_names.items():
-        blob = repo_dir / "blobs" / blob_name
-        source = staging / relative
-        if blob.exists():
-            source.unlink()
-        else:
-            source.rename(blob)
-        (locks / f"{blob_name}.lock").touch()
-        link = snapshot / relative
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    # No trailing newline, as huggingface_hub writes it (scan_cache_dir matches it against snapshot names).
-    (repo_dir / "refs" / "main").write_text(commit)
-    return snapshot
+    return blob_name(path)
 
 
 def _tree_bytes(snapshot: Path) -> int:
@@ -360,48 +295,6 @@ def _tree_bytes(snapshot: Path) -> int:
 def snapshot_files(snapshot: Path) -> Iterable[Path]:
     """The snapshot's files, links resolved: what reading the model from disk reads."""
     return sorted(path.resolve() for path in snapshot.rglob("*") if path.is_file())
-
-
-def make_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE trained here (on the benchmark's prompts among others), wrapped as the
-    Qwen2Tokenizer the published repository uses. Other text falls apart into more, shorter tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    special_tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: any text encodes
-        show_progress=False,
-    )
-    from bench.measure import PROMPTS
-
-    bpe.train_from_iterator([*_TOKENIZER_CORPUS, *PROMPTS * 4], trainer=trainer)
-    model = json.loads(bpe.to_str())["model"]
-    tokenizer = Qwen2Tokenizer(
-        vocab=model["vocab"],
-        merges=[tuple(merge) for merge in model["merges"]],  # tuples: lists are rejected
-        unk_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        model_max_length=131072,
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.add_tokens(["<think>", "</think>"])
-    tokenizer.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
-    return tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

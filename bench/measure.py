@@ -343,8 +343,8 @@ class RecordingPresenter:
 async def run_queue(settings, service, requests: list, folder: Path, timeout: float = 600.0) -> dict:
     """Accept every request at once into a JobRunner (store, GPU worker, PNG encoding and saving,
     delivery) and time until the last one is delivered."""
-    from bot.job_runner import DEFAULT_ATTACHMENT_LIMIT, JobRunner
-    from bot.job_store import JobRecord, JobStore
+    from bot.job_runner import DEFAULT_ATTACHMENT_LIMIT, JobRunner, new_record
+    from bot.job_store import JobStore
 
     settings = replace(
         settings,
@@ -360,21 +360,7 @@ async def run_queue(settings, service, requests: list, folder: Path, timeout: fl
     try:
         started = time.perf_counter()
         for request in requests:
-            record = JobRecord(
-                id=None,
-                user_id=1,
-                user_name="bench",
-                guild_id=None,
-                channel_id=1,
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                width=request.size.width,
-                height=request.size.height,
-                steps=request.steps,
-                seed=request.seed,
-                guidance=request.guidance,
-                count=request.count,
-            )
+            record = new_record(request, user_id=1, user_name="bench", channel_id=1)
             await runner.accept(record, application_id=None, attachment_size_limit=DEFAULT_ATTACHMENT_LIMIT)
         await presenter.wait_for(len(requests), timeout)
         elapsed = time.perf_counter() - started

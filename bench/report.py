@@ -134,7 +134,7 @@ def main_table(results: dict) -> list[str]:
     lines.append("")
     lines.append(
         f"{steps} steps, guidance 0, batch 1, bf16; prompts of different lengths, a new one for every image. "
-        "\"first start\": empty compile cache; \"restart\": the same DATA_DIR again (warm compile cache). "
+        '"first start": empty compile cache; "restart": the same DATA_DIR again (warm compile cache). '
         "The page-cache-dropped row is the baseline and ours with a warm compile cache."
     )
     return lines
@@ -235,29 +235,43 @@ def evaluate_targets(results: dict) -> list[Target]:
     first = get(results, "ours", "first_image_s", square)
     ratio = first / steady if first is not None and steady else None
     check(
-        "first image after ready", "within 10% of steady", ratio, f"{seconds(first)} s ({ratio or 0:.0%} of steady)",
+        "first image after ready",
+        "within 10% of steady",
+        ratio,
+        f"{seconds(first)} s ({ratio or 0:.0%} of steady)",
         lambda: ratio <= 1.10,
     )
     rate = get(results, "ours", "queue", "images_per_s")
     share = rate * steady if rate is not None and steady else None
     check(
-        "queue throughput", ">= 95% of 1 / steady", share, f"{rate or 0:.2f} images/s ({share or 0:.0%})",
+        "queue throughput",
+        ">= 95% of 1 / steady",
+        share,
+        f"{rate or 0:.2f} images/s ({share or 0:.0%})",
         lambda: share >= 0.95,
     )
     restart = _sum(get(results, "ours_restart", "load_s"), get(results, "ours_restart", "warmup_s"))
-    check(
-        "warm restart ready (load + warm-up)", "<= 8 s", restart, seconds(restart) + " s", lambda: restart <= 8.0
-    )
+    check("warm restart ready (load + warm-up)", "<= 8 s", restart, seconds(restart) + " s", lambda: restart <= 8.0)
     for phase, mode, memory_goal, time_goal in (
         ("offload_model", "model", 10.5, 2.6),
         ("offload_sequential", "sequential", 3.0, 3.5),
     ):
         peak = get(results, phase, "peak_allocated_gib")
-        check(f"OFFLOAD={mode} peak GPU memory", f"<= {memory_goal} GiB", peak, gib(peak) + " GiB",
-              lambda peak=peak, goal=memory_goal: peak <= goal)
+        check(
+            f"OFFLOAD={mode} peak GPU memory",
+            f"<= {memory_goal} GiB",
+            peak,
+            gib(peak) + " GiB",
+            lambda peak=peak, goal=memory_goal: peak <= goal,
+        )
         latency = get(results, phase, "steady_s", square)
-        check(f"OFFLOAD={mode} time an image", f"<= {time_goal} s", latency, seconds(latency) + " s",
-              lambda latency=latency, goal=time_goal: latency <= goal)
+        check(
+            f"OFFLOAD={mode} time an image",
+            f"<= {time_goal} s",
+            latency,
+            seconds(latency) + " s",
+            lambda latency=latency, goal=time_goal: latency <= goal,
+        )
     return targets
 
 

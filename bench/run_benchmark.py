@@ -47,9 +47,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Variables of the bot's configuration: a phase starts from none of them set, so "ours" runs on the
 # defaults, and sets only what it is about.
 BOT_VARIABLES = (
-    "DISCORD_TOKEN", "MODEL_ID", "MODEL_REVISION", "OUTPUT_DIR", "DATA_DIR", "IMAGE_SIZES", "DEFAULT_STEPS",
-    "MAX_QUEUE", "MAX_JOBS_PER_USER", "DEVICE", "DTYPE", "OFFLOAD", "ATTENTION_BACKEND", "COMPILE",
-    "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_TOKEN",
+    "DISCORD_TOKEN",
+    "MODEL_ID",
+    "MODEL_REVISION",
+    "OUTPUT_DIR",
+    "DATA_DIR",
+    "IMAGE_SIZES",
+    "DEFAULT_STEPS",
+    "MAX_QUEUE",
+    "MAX_JOBS_PER_USER",
+    "DEVICE",
+    "DTYPE",
+    "OFFLOAD",
+    "ATTENTION_BACKEND",
+    "COMPILE",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "HF_TOKEN",
 )
 
 
@@ -80,14 +94,23 @@ PHASES = {
     "disk_read": Phase("disk_read", cold=True),
     # Variants: one option changed from ours, to measure what it is worth.
     "ours_dynamic": Phase(
-        "service", data="dynamic", fresh_data=True,
+        "service",
+        data="dynamic",
+        fresh_data=True,
         service_overrides={"COMPILE_OPTIONS": {"fullgraph": True, "dynamic": True}},
     ),
     "ours_cudnn": Phase("service", data="cudnn", fresh_data=True, env={"ATTENTION_BACKEND": "_native_cudnn"}),
 }
 DEFAULT_PHASES = (
-    "baseline", "ours", "ours_restart", "offload_model", "offload_sequential", "ours_eager",
-    "baseline_cold", "ours_cold", "disk_read",
+    "baseline",
+    "ours",
+    "ours_restart",
+    "offload_model",
+    "offload_sequential",
+    "ours_eager",
+    "baseline_cold",
+    "ours_cold",
+    "disk_read",
 )
 
 
@@ -101,8 +124,13 @@ class Benchmark:
         self.results: dict = {
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_info(),
-            "settings": {"steps": args.steps, "repeats": args.repeats, "queue_jobs": args.queue_jobs,
-                         "tiny": args.tiny, "sizes": self.sizes()},
+            "settings": {
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "queue_jobs": args.queue_jobs,
+                "tiny": args.tiny,
+                "sizes": self.sizes(),
+            },
             "phases": {},
         }
 
@@ -253,7 +281,10 @@ def machine_info() -> dict:
     try:
         query = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         name, driver, memory = (part.strip() for part in query.stdout.splitlines()[0].split(","))
         info.update(gpu=name, driver=driver, gpu_memory=memory)
@@ -288,12 +319,21 @@ def read_files(snapshot: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=PROJECT_ROOT / "bench" / "results" / "work",
-                        help="model cache, DATA_DIRs and outputs (about 35 GB)")
-    parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "bench" / "results",
-                        help="where results.json, results.md and phases.log go")
-    parser.add_argument("--phases", default=",".join(DEFAULT_PHASES),
-                        help=f"comma-separated, in order; known: {', '.join(PHASES)}")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=PROJECT_ROOT / "bench" / "results" / "work",
+        help="model cache, DATA_DIRs and outputs (about 35 GB)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=PROJECT_ROOT / "bench" / "results",
+        help="where results.json, results.md and phases.log go",
+    )
+    parser.add_argument(
+        "--phases", default=",".join(DEFAULT_PHASES), help=f"comma-separated, in order; known: {', '.join(PHASES)}"
+    )
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="steady-state calls per size (median)")
     parser.add_argument("--queue-jobs", type=int, default=20)

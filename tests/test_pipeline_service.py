@@ -185,10 +185,21 @@ def test_a_cached_model_loads_without_the_offline_flag_and_never_touches_the_net
     assert out.is_file()
 
 
-def test_wait_estimates_come_from_what_was_measured(loaded_service):
-    size = ImageSize(160, 160)  # a size no other test measures
-    result = loaded_service.generate(request(size=size, steps=7))
-    assert loaded_service.estimate_seconds(request(size=size, steps=7)) == pytest.approx(result.seconds)
-    assert loaded_service.estimate_seconds(request(size=size, steps=7, count=3)) == pytest.approx(3 * result.seconds)
-    # Unmeasured work is scaled from the most similar measurement: twice the steps, about twice the time.
-    assert loaded_service.estimate_seconds(request(size=size, steps=14)) == pytest.approx(2 * result.seconds)
+def test_wait_estimates_come_from_what_was_measured(tiny_settings):
+    service = PipelineService(tiny_settings)  # its own, so that only this test's jobs are measured
+    try:
+        service.load(warm_up=False)
+        assert service.estimate_seconds(request()) is None  # nothing measured yet: no guess
+        size = ImageSize(160, 160)
+        result = service.generate(request(size=size, steps=7))
+        assert service.estimate_seconds(request(size=size, steps=7)) == pytest.approx(result.seconds)
+        assert service.estimate_seconds(request(size=size, steps=7, count=3)) == pytest.approx(3 * result.seconds)
+        # Unmeasured work is scaled from the most similar measurement: twice the steps, twice the time.
+        assert service.estimate_seconds(request(size=size, steps=14)) == pytest.approx(2 * result.seconds)
+        small = service.generate(request(size=ImageSize(64, 64), steps=2))
+        # Now the nearest measurement serves: 64x64 at 3 steps is scaled from 64x64 at 2, not from 160x160.
+        assert service.estimate_seconds(request(size=ImageSize(64, 64), steps=3)) == pytest.approx(
+            1.5 * small.seconds
+        )
+    finally:
+        service.close()

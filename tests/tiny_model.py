@@ -14,16 +14,11 @@ to import. Note that importing diffusers also imports huggingface_hub, which rea
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from transformers import Qwen2Tokenizer
+from bench.hub_layout import blob_name, install_snapshot, make_tokenizer, repo_folder_name
 
 TINY_REPO_ID = "tiny-org/tiny-z-image"
 
@@ -46,15 +41,8 @@ TEXT_ENCODER_SHARD_SIZE = 24_000  # bytes; about 64 kB of bf16 weights in all
 # The transformer's timestep MLP alone is 1 MB, so 300 kB gives 3 shards, as published.
 TRANSFORMER_SHARD_SIZE = 300_000  # bytes; about 1.5 MB of fp32 weights in all
 
-# Suffixes of files the Hub stores with Git LFS (blob named by sha256) rather than plain git (git-sha1).
-LFS_SUFFIXES = (".safetensors",)
-
-# Files that loading the components by repo id (AutoTokenizer, Qwen3Model, AutoencoderKL with
-# `subfolder=`) asks the Hub for and this repository lacks. Online, each 404 leaves an empty marker
-# under .no_exist/<commit>/. Offline, only the first one is needed: without it transformers 5.x
-# `AutoTokenizer.from_pretrained(repo_id, subfolder="tokenizer")` cannot tell "absent upstream" from
-# "not downloaded" and refuses to load. ZImagePipeline.from_pretrained needs none of them: it resolves
-# the snapshot folder first and loads every component from that local path.
+# Files transformers and diffusers probe for and a real download records as missing (`.no_exist/`);
+# offline, AutoTokenizer fails without the tokenizer/config.json marker.
 NO_EXIST_FILES = (
     "tokenizer/config.json",
     "tokenizer/vocab.json",
@@ -64,38 +52,6 @@ NO_EXIST_FILES = (
     "text_encoder/model.safetensors",
     "vae/diffusion_pytorch_model.safetensors.index.json",
 )
-
-QWEN3_STYLE_CHAT_TEMPLATE = (
-    # A trimmed Qwen3 template: the same turn markers and the same `enable_thinking` switch, which
-    # only matters when it is false (an empty think block closes the reasoning before the answer).
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}"
-    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
-    "{%- endif -%}"
-    "{%- endif -%}"
-)
-
-# Text the BPE is trained on: enough repeated words to fill the vocabulary with merges, fixed so
-# that the vocabulary (and so the text encoder's embedding table) is the same on every build.
-_TOKENIZER_CORPUS = [
-    "a cat sitting on a windowsill in the morning light",
-    "a photo of a dog running across a green field",
-    "a watercolor painting of a lighthouse by the sea at sunset",
-    "portrait of an astronaut riding a horse, highly detailed",
-    "a red apple on a wooden table, studio lighting, 4k",
-    "the quick brown fox jumps over the lazy dog",
-    "user assistant system think image prompt",
-    "一只猫坐在窗台上",
-] * 4
-
-
-def repo_folder_name(repo_id: str) -> str:
-    """The cache folder name of a model repository, as huggingface_hub spells it."""
-    return "models--" + repo_id.replace("/", "--")
 
 
 def snapshot_dir(hub_cache: Path, repo_id: str = TINY_REPO_ID) -> Path:
@@ -161,7 +117,7 @@ def _save_pipeline(folder: Path, seed: int) -> None:
     )
     from transformers import Qwen3Config, Qwen3Model
 
-    tokenizer = _make_tokenizer()
+    tokenizer = make_tokenizer(TOKENIZER_VOCAB_SIZE)
 
     # fork_rng keeps the caller's global RNG untouched while the seed fixes every initialisation.
     with torch.random.fork_rng(devices=[]):
@@ -235,96 +191,8 @@ def _save_pipeline(folder: Path, seed: int) -> None:
     vae.save_pretrained(folder / "vae")
 
 
-def _make_tokenizer() -> Qwen2Tokenizer:
-    """A byte-level BPE trained here, wrapped as the Qwen2Tokenizer the published repository uses."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    special_tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    # Train with the same normaliser and pre-tokeniser Qwen2Tokenizer rebuilds around the
-    # vocabulary, so the learned merges are the ones it will apply.
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB_SIZE,
-        special_tokens=special_tokens,
-        # Every byte in the base alphabet, so any text (emoji, CJK, ...) encodes without unknowns.
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
-
-    model = json.loads(bpe.to_str())["model"]
-    tokenizer = Qwen2Tokenizer(
-        vocab=model["vocab"],
-        # The tokenizers model wants (left, right) tuples; the JSON holds lists.
-        merges=[tuple(merge) for merge in model["merges"]],
-        unk_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        model_max_length=131072,
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    # Qwen3 keeps its reasoning markers as ordinary added tokens.
-    tokenizer.add_tokens(["<think>", "</think>"])
-    tokenizer.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
-    return tokenizer
-
-
 def _install_snapshot(staging: Path, hub_cache: Path, repo_id: str) -> Path:
     """Move the files of `staging` into the cache as blobs and link a snapshot to them."""
     files = sorted(path for path in staging.rglob("*") if path.is_file())
-    blob_names = {path: _blob_name(path) for path in files}
-    commit = _commit_hash({path.relative_to(staging).as_posix(): blob for path, blob in blob_names.items()})
-
-    repo_dir = hub_cache / repo_folder_name(repo_id)
-    blobs = repo_dir / "blobs"
-    snapshot = repo_dir / "snapshots" / commit
-    locks = hub_cache / ".locks" / repo_folder_name(repo_id)
-    for folder in (blobs, snapshot, locks, repo_dir / "refs"):
-        folder.mkdir(parents=True, exist_ok=True)
-
-    for path, blob_name in blob_names.items():
-        blob = blobs / blob_name
-        if not blob.exists():
-            shutil.move(path, blob)
-        # filelock leaves its (empty) lock file behind after each download.
-        (locks / f"{blob_name}.lock").touch()
-        link = snapshot / path.relative_to(staging)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(os.path.relpath(blob, link.parent))
-
-    for relative_file in NO_EXIST_FILES:
-        marker = repo_dir / ".no_exist" / commit / relative_file
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-
-    # No trailing newline, as huggingface_hub writes it: scan_cache_dir matches the text against the
-    # snapshot folder names and reports the repository as corrupted when none matches.
-    (repo_dir / "refs" / "main").write_text(commit)
-    return snapshot
-
-
-def _blob_name(path: Path) -> str:
-    """The name the Hub gives a file's blob: sha256 for LFS files, the git object id otherwise."""
-    data = path.read_bytes()
-    if path.name.endswith(LFS_SUFFIXES):
-        return hashlib.sha256(data).hexdigest()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _commit_hash(blob_by_file: dict[str, str]) -> str:
-    """A 40-hex commit id that depends only on the files' contents, so equal builds share it."""
-    listing = "".join(f"{name} {blob}\n" for name, blob in sorted(blob_by_file.items()))
-    return hashlib.sha1(listing.encode()).hexdigest()
+    blob_names = {path.relative_to(staging).as_posix(): blob_name(path) for path in files}
+    return install_snapshot(staging, hub_cache / repo_folder_name(repo_id), blob_names, NO_EXIST_FILES)
