@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # Discord attachments are limited per message; this is the unboosted server's limit.
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
 RETENTION_INTERVAL = 6 * 3600  # how often old jobs and their images are pruned
+# Waits before trying a failed delivery again (Discord down, a network blip); after the last one the
+# job stays DONE in the store and is tried again at the next start.
+DELIVERY_RETRY_DELAYS = (10.0, 60.0, 300.0, 900.0)
 
 
 @dataclass(eq=False)
@@ -123,6 +126,9 @@ class JobRunner:
         self.presenter: JobPresenter | None = None
         self._finished: asyncio.Queue[tuple[ActiveJob, GenerationResult | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self.delivery_retry_delays = DELIVERY_RETRY_DELAYS
+        self._delivery_failures: dict[int, int] = {}  # job id -> failed attempts in this process
+        self._retries: set[asyncio.Task] = set()
         self._stopping = False
         self.started_at = time.time()
 
@@ -156,9 +162,9 @@ class JobRunner:
             await asyncio.wait_for(self._finished.join(), timeout=10.0)
         except asyncio.TimeoutError:
             log.warning("some results were not delivered before shutdown; they will be after restart")
-        for task in self._tasks:
+        for task in (*self._tasks, *self._retries):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._retries, return_exceptions=True)
 
     # ----- accepting ---------------------------------------------------------------------------
 
@@ -271,13 +277,42 @@ class JobRunner:
     async def _deliver_results(self) -> None:
         while True:
             job, result = await self._finished.get()
+            saved = False
             try:
                 files = await self._save(job, result) if result is not None else _files_of(job.record)
+                saved = True
                 await self._deliver(job, files)
+                self._delivery_failures.pop(job.job_id, None)
             except Exception:
-                log.exception("delivering job %d failed; it stays DONE and is retried after restart", job.job_id)
+                self._retry_later(job, None if saved else result)
             finally:
                 self._finished.task_done()
+
+    def _retry_later(self, job: ActiveJob, result: GenerationResult | None) -> None:
+        failures = self._delivery_failures.get(job.job_id, 0)
+        if self._stopping or failures >= len(self.delivery_retry_delays):
+            self._delivery_failures.pop(job.job_id, None)
+            log.exception(
+                "delivering job %d failed; it stays in the store and is tried again at the next start", job.job_id
+            )
+            return
+        delay = self.delivery_retry_delays[failures]
+        self._delivery_failures[job.job_id] = failures + 1
+        log.warning(
+            "delivering job %d failed (attempt %d); trying again in %.0f s",
+            job.job_id,
+            failures + 1,
+            delay,
+            exc_info=True,
+        )
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            await self._finished.put((job, result))
+
+        task = asyncio.create_task(retry(), name=f"retry-delivery-{job.job_id}")
+        self._retries.add(task)  # a reference, so the task is not collected while it waits
+        task.add_done_callback(self._retries.discard)
 
     async def _save(self, job: ActiveJob, result: GenerationResult) -> list[OutputFile]:
         """Encode and write the PNGs in a thread: 100-150 ms a 1024x1024 image of CPU work."""

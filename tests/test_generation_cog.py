@@ -335,3 +335,21 @@ async def test_a_result_over_the_upload_limit_is_sent_smaller(start_bot, discord
     assert attachment.filename == saved.with_suffix(".jpg").name
     assert attachment.data[:3] == b"\xff\xd8\xff" and len(attachment.data) <= 150_000
     assert message.embeds[0]["image"]["url"] == f"attachment://{attachment.filename}"
+
+
+async def test_a_failed_delivery_is_tried_again(start_bot, discord_api, caplog):
+    running = await start_bot()
+    running.runner.delivery_retry_delays = (0.2,)
+    await admin_command(discord_api, "pause")
+    alice = discord_api.make_user("alice")
+    interaction = await imagine(discord_api, "a stubborn parcel", alice, seed=8)
+    await discord_api.wait_for(lambda: len(running.runner.queue) == 1)
+    discord_api.expire_token(interaction)  # so the result goes to the channel, where the failure waits
+    discord_api.fail_next("POST", r"/channels/\d+/messages", status=403, code=50013, message="Missing Permissions")
+    await admin_command(discord_api, "resume")
+    posted = await discord_api.wait_for(lambda: [m for m in discord_api.channel_messages() if m.attachments], 30)
+    await discord_api.wait_for(lambda: running.bot.store.get(1).state.value == "delivered")
+    assert len(posted) == 1 and posted[0].content.startswith(f"<@{alice.id}> here is your image")
+    refused = [r for r in discord_api.requests if r.method == "POST" and "/channels/" in r.path and r.status == 403]
+    assert len(refused) == 1
+    assert any("delivering job 1 failed (attempt 1); trying again" in record.message for record in caplog.records)
