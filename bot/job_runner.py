@@ -170,7 +170,8 @@ class JobRunner:
 
     def reserve(self, user_id: int) -> None:
         """Hold a place in the queue for a job about to be accepted; raises QueueRefusal (with the
-        reason for the user) when the limits say no. Every reserve is followed by `accept`."""
+        reason for the user) when the limits say no. Then `record` the job, acknowledge it, and
+        `accept` it (or `discard` it if the acknowledgement failed)."""
         self.queue.reserve(user_id)
 
     async def record(self, record: JobRecord) -> JobRecord:
@@ -189,7 +190,7 @@ class JobRunner:
         )
 
     async def accept(self, record: JobRecord, *, application_id: int | None, attachment_size_limit: int) -> ActiveJob:
-        """Queue a recorded job in the place reserved for it."""
+        """Queue a recorded job in the place reserved for it (a job not yet recorded is recorded first)."""
         if record.id is None:
             record = await self.record(record)
         job = self._activate(record, application_id=application_id, attachment_size_limit=attachment_size_limit)
