@@ -74,7 +74,14 @@ def test_progress_callback_sees_every_step_on_the_worker_thread(loaded_service):
         request(steps=4, count=2), progress=lambda step: seen.append((step, threading.current_thread().name))
     )
     assert [(s.step, s.total, s.image_index) for s, _ in seen] == [
-        (1, 4, 0), (2, 4, 0), (3, 4, 0), (4, 4, 0), (1, 4, 1), (2, 4, 1), (3, 4, 1), (4, 4, 1),
+        (1, 4, 0),
+        (2, 4, 0),
+        (3, 4, 0),
+        (4, 4, 0),
+        (1, 4, 1),
+        (2, 4, 1),
+        (3, 4, 1),
+        (4, 4, 1),
     ]
     assert {name for _, name in seen} == {"zimage-gpu_0"}
 
@@ -175,7 +182,11 @@ def test_a_cached_model_loads_without_the_offline_flag_and_never_touches_the_net
         out = tmp_path / "fox.png"
         result = subprocess.run(
             [sys.executable, "-m", "bot", "generate", "a fox", "--seed", "3", "--out", str(out)],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         counter.close()
@@ -198,8 +209,44 @@ def test_wait_estimates_come_from_what_was_measured(tiny_settings):
         assert service.estimate_seconds(request(size=size, steps=14)) == pytest.approx(2 * result.seconds)
         small = service.generate(request(size=ImageSize(64, 64), steps=2))
         # Now the nearest measurement serves: 64x64 at 3 steps is scaled from 64x64 at 2, not from 160x160.
-        assert service.estimate_seconds(request(size=ImageSize(64, 64), steps=3)) == pytest.approx(
-            1.5 * small.seconds
-        )
+        assert service.estimate_seconds(request(size=ImageSize(64, 64), steps=3)) == pytest.approx(1.5 * small.seconds)
     finally:
         service.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "device", "compiled"),
+    [
+        ({}, "cuda", True),  # compiled by default where it pays: a resident model on a GPU
+        ({}, "cpu", False),
+        ({"COMPILE": "1"}, "cpu", True),
+        ({"COMPILE": "0"}, "cuda", False),
+        ({"OFFLOAD": "model"}, "cuda", False),  # offload hooks cannot be traced by fullgraph compilation
+        ({"OFFLOAD": "sequential", "COMPILE": "1"}, "cuda", False),
+        ({"OFFLOAD": "model"}, "cpu", False),
+    ],
+)
+def test_when_the_transformer_is_compiled(env, device, compiled):
+    import torch
+
+    from bot.pipeline_service import _pick_compile
+    from bot.settings import Settings
+
+    assert _pick_compile(Settings.from_env(env), torch.device(device)) is compiled
+
+
+@pytest.mark.parametrize(
+    ("dtype", "device", "expected"),
+    [
+        ("auto", "cuda", "bfloat16"),
+        ("auto", "cpu", "float32"),
+        ("float32", "cuda", "float32"),
+        ("bfloat16", "cpu", "bfloat16"),
+    ],
+)
+def test_dtype_follows_the_device_unless_set(dtype, device, expected):
+    import torch
+
+    from bot.pipeline_service import _pick_dtype
+
+    assert _pick_dtype(dtype, torch.device(device)) == getattr(torch, expected)
