@@ -20,7 +20,7 @@ Phases (default order; the cold ones last, since dropping the page cache slows w
   ours_cold           ours start-up (warm compile cache) with the page cache dropped
   disk_read           raw read of every weight file with the page cache dropped
 Variants (not in the default list): ours_dynamic (compile with dynamic=True), ours_cudnn
-(ATTENTION_BACKEND=_native_cudnn).
+(ATTENTION_BACKEND=_native_cudnn), ours_fp8 (QUANTIZE=fp8) beside ours_bf16 (the same, in bf16).
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ PHASES = {
         service_overrides={"COMPILE_OPTIONS": {"fullgraph": True, "dynamic": True}},
     ),
     "ours_cudnn": Phase("service", data="cudnn", fresh_data=True, env={"ATTENTION_BACKEND": "_native_cudnn"}),
+    # The FP8 opt-in, and the bf16 service measured the same way beside it (no queue or profile).
+    "ours_fp8": Phase("service", data="fp8", fresh_data=True, env={"QUANTIZE": "fp8"}),
+    "ours_bf16": Phase("service", data="bf16", fresh_data=True),
 }
 DEFAULT_PHASES = (
     "baseline",

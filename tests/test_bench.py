@@ -116,24 +116,43 @@ def test_shards_keep_order_and_split_about_evenly():
 
 # ----- the report -------------------------------------------------------------------------------
 
+
 def fake_results(**phase_overrides) -> dict:
     square, wide = "1024x1024", "1344x576"
     phases = {
         "build": {"status": "ok", "seconds": 61.0},
         "baseline": {
-            "status": "ok", "ready_s": 31.2, "imports_s": 17.7, "load_s": 8.6,
-            "first_image_s": {square: 5.5, wide: 1.3}, "steady_s": {square: 1.35, wide: 1.0},
-            "peak_allocated_gib": 21.7, "peak_reserved_gib": 22.5, "max_rss_gib": 30.1,
+            "status": "ok",
+            "ready_s": 31.2,
+            "imports_s": 17.7,
+            "load_s": 8.6,
+            "first_image_s": {square: 5.5, wide: 1.3},
+            "steady_s": {square: 1.35, wide: 1.0},
+            "peak_allocated_gib": 21.7,
+            "peak_reserved_gib": 22.5,
+            "max_rss_gib": 30.1,
         },
         "ours": {
-            "status": "ok", "ready_s": 48.0, "imports_s": 17.0, "load_s": 3.7, "warmup_s": 27.3,
-            "first_image_s": {square: 0.80, wide: 0.62}, "steady_s": {square: 0.78, wide: 0.58},
-            "latent_only_s": 0.66, "peak_allocated_gib": 21.0, "peak_reserved_gib": 23.0, "max_rss_gib": 3.2,
+            "status": "ok",
+            "ready_s": 48.0,
+            "imports_s": 17.0,
+            "load_s": 3.7,
+            "warmup_s": 27.3,
+            "first_image_s": {square: 0.80, wide: 0.62},
+            "steady_s": {square: 0.78, wide: 0.58},
+            "latent_only_s": 0.66,
+            "peak_allocated_gib": 21.0,
+            "peak_reserved_gib": 23.0,
+            "max_rss_gib": 3.2,
             "queue": {"jobs": 20, "images_per_s": 1.26, "seconds": 15.9},
         },
         "ours_restart": {
-            "status": "ok", "ready_s": 26.0, "load_s": 3.6, "warmup_s": 5.1,
-            "first_image_s": {square: 0.79}, "steady_s": {square: 0.78},
+            "status": "ok",
+            "ready_s": 26.0,
+            "load_s": 3.6,
+            "warmup_s": 5.1,
+            "first_image_s": {square: 0.79},
+            "steady_s": {square: 0.78},
         },
         "offload_model": {"status": "ok", "steady_s": {square: 2.3}, "peak_allocated_gib": 10.1},
         "offload_sequential": {"status": "failed", "error": "RuntimeError: boom"},
@@ -189,6 +208,7 @@ def test_the_report_renders_a_saved_results_file(tmp_path):
 
 
 # ----- the queue measurement, and PNG saving overlapped with the next generation -------------------
+
 
 class TimedService:
     """The loaded service, noting when each job's first step ran on the GPU thread."""
@@ -249,10 +269,25 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
     results = tmp_path / "results"
     run = subprocess.run(
         [
-            sys.executable, "-m", "bench.run_benchmark", "--tiny", "--work-dir", str(work), "--results",
-            str(results), "--phases", "ours", "--repeats", "1", "--queue-jobs", "2",
+            sys.executable,
+            "-m",
+            "bench.run_benchmark",
+            "--tiny",
+            "--work-dir",
+            str(work),
+            "--results",
+            str(results),
+            "--phases",
+            "ours",
+            "--repeats",
+            "1",
+            "--queue-jobs",
+            "2",
         ],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr + (results / "phases.log").read_text()
     figures = json.loads((results / "results.json").read_text())["phases"]["ours"]

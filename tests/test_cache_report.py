@@ -61,9 +61,7 @@ def test_blob_gone_behind_a_symlink(own_hub_cache):
 
 
 def test_interrupted_download(own_hub_cache):
-    index = json.loads(
-        (snapshot_dir(own_hub_cache) / "text_encoder/model.safetensors.index.json").read_text()
-    )
+    index = json.loads((snapshot_dir(own_hub_cache) / "text_encoder/model.safetensors.index.json").read_text())
     shard = sorted(set(index["weight_map"].values()))[0]
     mark_incomplete(own_hub_cache, TINY_REPO_ID, f"text_encoder/{shard}")
     report = inspect_cache(TINY_REPO_ID, "main", own_hub_cache)

@@ -20,8 +20,9 @@ def zimage_bot(args, env, cwd):
 
 def test_generate_writes_a_png_with_its_parameters(hub_cache, tmp_path):
     env = tiny_env(tmp_path, hub_cache)
-    result = zimage_bot(["generate", "a lighthouse, 35mm", "--size", "96x64", "--seed", "42", "--steps", "3"],
-                        env, tmp_path)
+    result = zimage_bot(
+        ["generate", "a lighthouse, 35mm", "--size", "96x64", "--seed", "42", "--steps", "3"], env, tmp_path
+    )
     assert result.returncode == 0, result.stderr
     path = result.stdout.strip()
     assert path.startswith(str(tmp_path / "outputs")) and path.endswith("_42.png")
@@ -32,8 +33,13 @@ def test_generate_writes_a_png_with_its_parameters(hub_cache, tmp_path):
         f"Steps: 3, Sampler: FlowMatchEuler, CFG scale: 0, Seed: 42, Size: 96x64, Model: {TINY_REPO_ID}"
     )
     # The banner an operator needs, and the ready line with the load time.
-    for expected in (f"model {TINY_REPO_ID}", f"Hugging Face cache {hub_cache}", "outputs saved to", "device cpu",
-                     "model ready in"):
+    for expected in (
+        f"model {TINY_REPO_ID}",
+        f"Hugging Face cache {hub_cache}",
+        "outputs saved to",
+        "device cpu",
+        "model ready in",
+    ):
         assert expected in result.stderr
 
 
@@ -41,7 +47,8 @@ def test_generate_to_a_chosen_file_with_a_negative_prompt(hub_cache, tmp_path):
     out = tmp_path / "art" / "cat.png"
     result = zimage_bot(
         ["generate", "a cat", "--seed", "1", "--out", str(out), "--negative-prompt", "dogs", "--guidance", "2"],
-        tiny_env(tmp_path, hub_cache), tmp_path,
+        tiny_env(tmp_path, hub_cache),
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)

@@ -30,7 +30,11 @@ def test_save_png_embeds_parameters(tmp_path):
     request = GenerationRequest("a <@123> cat", ImageSize(64, 64), 8, 77, negative_prompt="blur", guidance=1.5)
     path, data = save_png(Image.new("RGB", (64, 64), "red"), request, 77, "org/model", tmp_path / "out")
     assert path.parent == tmp_path / "out" and path.read_bytes() == data
-    assert read_parameters(path) == parameters_text(request, 77, "org/model") == (
-        "a <@123> cat\nNegative prompt: blur\n"
-        "Steps: 8, Sampler: FlowMatchEuler, CFG scale: 1.5, Seed: 77, Size: 64x64, Model: org/model"
+    assert (
+        read_parameters(path)
+        == parameters_text(request, 77, "org/model")
+        == (
+            "a <@123> cat\nNegative prompt: blur\n"
+            "Steps: 8, Sampler: FlowMatchEuler, CFG scale: 1.5, Seed: 77, Size: 64x64, Model: org/model"
+        )
     )

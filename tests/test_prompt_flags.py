@@ -47,8 +47,15 @@ def test_malformed_flags_say_what_to_change(prompt, message):
 
 @pytest.mark.parametrize(
     ("aspect", "size"),
-    [((1, 1), "1024x1024"), ((16, 9), "1280x720"), ((9, 16), "720x1280"), ((21, 9), "1344x576"),
-     ((3, 2), "1248x832"), ((4, 3), "1152x864"), ((100, 1), "1344x576")],
+    [
+        ((1, 1), "1024x1024"),
+        ((16, 9), "1280x720"),
+        ((9, 16), "720x1280"),
+        ((21, 9), "1344x576"),
+        ((3, 2), "1248x832"),
+        ((4, 3), "1152x864"),
+        ((100, 1), "1344x576"),
+    ],
 )
 def test_aspect_ratio_picks_the_nearest_allowed_size(aspect, size):
     assert nearest_size(aspect, SIZES) == ImageSize.parse(size)

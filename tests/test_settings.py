@@ -127,5 +127,3 @@ def test_dotenv_is_read_and_real_environment_wins(tmp_path):
     # ...but OFFLOAD only comes from .env, so the file was read.
     assert result.returncode == 2
     assert "OFFLOAD='bogus-from-dotenv'" in result.stderr
-
-
