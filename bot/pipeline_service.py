@@ -265,6 +265,7 @@ class PipelineService:
             if offload != "none":
                 log.warning("QUANTIZE=fp8 ignored: it does not combine with OFFLOAD=%s", offload)
             else:
+                _check_fp8_support(self.device)
                 count = _quantize_to_fp8(pipe.transformer)
                 log.info("QUANTIZE=fp8: %d linear layers of the transformer's blocks run in FP8", count)
         if self.compile:
@@ -419,6 +420,15 @@ class Fp8Linear(torch.nn.Module):
             quantized, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias, out_dtype=x.dtype
         )
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def _check_fp8_support(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise ModelLoadError(
+            f"QUANTIZE=fp8 needs a GPU with FP8 tensor cores (RTX 40xx, L4, H100 or newer); {name} has none. "
+            "Set QUANTIZE=none."
+        )
 
 
 def _quantize_to_fp8(transformer: torch.nn.Module) -> int:

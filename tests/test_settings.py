@@ -67,6 +67,7 @@ def test_values_are_parsed():
         ("DEVICE", "gpu", "auto, cpu, mps, cuda"),
         ("DTYPE", "float16", "black images"),
         ("OFFLOAD", "all", "none, model, sequential"),
+        ("QUANTIZE", "int4", "one of none, fp8"),
         ("COMPILE", "maybe", "auto, 1/true"),
         ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
         ("DISCORD_API_BASE", "discord.com/api", "http://"),
