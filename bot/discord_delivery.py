@@ -12,6 +12,7 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import discord
@@ -42,7 +43,7 @@ class _LiveMessage:
 
 
 class DiscordJobPresenter:
-    def __init__(self, bot: discord.Client, *, model_id: str, paused: callable) -> None:
+    def __init__(self, bot: discord.Client, *, model_id: str, paused: Callable[[], bool]) -> None:
         self.bot = bot
         self.model_id = model_id
         self._paused = paused
@@ -83,7 +84,7 @@ class DiscordJobPresenter:
                     )
                 except discord.HTTPException as error:
                     log.debug("status edit of job %d failed: %s", job.job_id, error)
-                    if error.code in DEAD_TOKEN_CODES or error.status == 401:
+                    if _token_dead(error):
                         return
 
     async def _finish_live(self, job: ActiveJob) -> None:
@@ -128,14 +129,13 @@ class DiscordJobPresenter:
             return
         if self._token_usable(job):
             try:
-                message = await self._webhook(job).edit_message(
+                await self._webhook(job).edit_message(
                     "@original",
                     content=None,
                     embed=embed,
                     attachments=_files(uploads),
                     view=result_view(job.job_id),
                 )
-                job.record.result_message_id = message.id
                 return
             except discord.HTTPException as error:
                 if not _token_dead(error):
