@@ -71,7 +71,11 @@ class GenerationQueue(Generic[Entry]):
             self.release(entry.user_id)
         elif not bypass_limits:
             self.check_admission(entry.user_id)
-        self._waiting.setdefault(entry.user_id, deque()).append(entry)
+        # A user's jobs run in acceptance order (their ids), also when two requests sent at once are
+        # recorded in one order and reach the queue in the other: the order a restart would resume.
+        jobs = self._waiting.setdefault(entry.user_id, deque())
+        later = next((index for index, queued in enumerate(jobs) if queued.job_id > entry.job_id), len(jobs))
+        jobs.insert(later, entry)
         await self._notify()
 
     # ----- the worker's side -----------------------------------------------------------------

@@ -164,10 +164,10 @@ async def test_round_robin_between_users_with_positions_shown(start_bot, discord
     await admin_command(discord_api, "pause")
     alice, bob = discord_api.make_user("alice"), discord_api.make_user("bob")
     jobs = []
-    for index in range(3):
-        jobs.append(await imagine(discord_api, f"alice picture {index}", alice, seed=index))
-    jobs.append(await imagine(discord_api, "bob picture", bob, seed=9))
-    await discord_api.wait_for(lambda: len(running.runner.queue) == 4)
+    # One request after the other, as people click: each is accepted before the next is sent.
+    for index, (prompt, user) in enumerate([*((f"alice picture {i}", alice) for i in range(3)), ("bob picture", bob)]):
+        jobs.append(await imagine(discord_api, prompt, user, seed=index))
+        await discord_api.wait_for(lambda count=index + 1: len(running.runner.queue) == count)
     # Bob is second in line although Alice asked three times before him; everyone sees where they are.
     await discord_api.wait_for(lambda: "number 2 in line" in (jobs[3].original.content or ""), 10)
     assert "Queue paused by an admin" in jobs[3].original.content
@@ -189,8 +189,10 @@ async def test_per_user_and_queue_limits_refuse_privately(start_bot, discord_api
     running = await start_bot(MAX_JOBS_PER_USER="2", MAX_QUEUE="3")
     await admin_command(discord_api, "pause")
     alice, bob, carol = (discord_api.make_user(name) for name in ("alice", "bob", "carol"))
-    for index in range(2):
-        await imagine(discord_api, f"alice {index}", alice)
+    await imagine(discord_api, "alice 0", alice)
+    await discord_api.wait_for(lambda: len(running.runner.queue) == 1)  # so that "alice 0" is recorded first
+    # "alice 1" and "alice 2" are sent back to back: only one of them may take Alice's last place.
+    await imagine(discord_api, "alice 1", alice)
     third = await reply_text(discord_api, await imagine(discord_api, "alice 2", alice))
     assert third.ephemeral and "You already have 2 jobs queued or running" in third.content
     await imagine(discord_api, "bob 0", bob)

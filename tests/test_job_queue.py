@@ -86,3 +86,11 @@ async def test_wait_for_times_out_or_sees_the_change():
     assert await queue.wait_for(lambda: queue.running is None, 0.05) is False
     asyncio.get_running_loop().call_later(0.02, lambda: asyncio.ensure_future(queue.finished(job)))
     assert await queue.wait_for(lambda: queue.running is None, 1.0) is True
+
+
+async def test_a_users_jobs_keep_their_acceptance_order_whatever_order_they_arrive_in():
+    queue = GenerationQueue(max_queue=10, max_jobs_per_user=10)
+    for job_id in (2, 5, 3):
+        await queue.put(entry(job_id, 1))
+    await queue.put(entry(4, 2))
+    assert [job.job_id for job in queue.waiting()] == [2, 4, 3, 5]
