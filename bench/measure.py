@@ -59,7 +59,7 @@ class PhaseConfig:
     queue_jobs: int = 0  # 0: no queue measurement
     latent_only: bool = False  # also time the pipeline without the VAE decode (a breakdown)
     only_first: bool = False  # stop after the first image (start-up phases)
-    # Module constants of bot.pipeline_service to change, for variants: {"PARALLEL_COMPONENT_LOADING": false}
+    # Module constants of bot.model.pipeline_service to change, for variants: {"PARALLEL_COMPONENT_LOADING": false}
     service_overrides: dict = field(default_factory=dict)
     device: str = "cuda"  # the baseline's; "cpu" only for the tiny smoke test
     experiments: bool = False  # after the figures, try speed options on the live pipeline (not defaults)
@@ -185,15 +185,15 @@ def _time_sizes(figures: dict, config: PhaseConfig, generate) -> None:
 
 def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
     """PipelineService(Settings.from_env()).load(warm_up=True), then the same calls as the baseline."""
-    from bot import pipeline_service
     from bot.generation import GenerationRequest
     from bot.image_size import ImageSize
+    from bot.model import pipeline_service
     from bot.settings import Settings
 
     figures: dict = {"imports_s": since_spawn()}
     for name, value in config.service_overrides.items():
         if not hasattr(pipeline_service, name):
-            raise AttributeError(f"bot.pipeline_service has no {name} to override")
+            raise AttributeError(f"bot.model.pipeline_service has no {name} to override")
         setattr(pipeline_service, name, value)
     settings = Settings.from_env()
     service = pipeline_service.PipelineService(settings)
@@ -343,8 +343,8 @@ class RecordingPresenter:
 async def run_queue(settings, service, requests: list, folder: Path, timeout: float = 600.0) -> dict:
     """Accept every request at once into a JobRunner (store, GPU worker, PNG encoding and saving,
     delivery) and time until the last one is delivered."""
-    from bot.job_runner import DEFAULT_ATTACHMENT_LIMIT, JobRunner, new_record
-    from bot.job_store import JobStore
+    from bot.jobs.runner import DEFAULT_ATTACHMENT_LIMIT, JobRunner, new_record
+    from bot.jobs.store import JobStore
 
     settings = replace(
         settings,

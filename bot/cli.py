@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cache_check(settings: Settings) -> int:
-    from bot.cache_report import inspect_cache
+    from bot.model.cache_report import inspect_cache
 
     report = inspect_cache(settings.model_id, settings.model_revision)
     print(report.to_text())
@@ -80,8 +80,8 @@ def cache_check(settings: Settings) -> int:
 
 
 def download(settings: Settings) -> int:
-    from bot.cache_report import inspect_cache
-    from bot.model_download import DownloadError, download_model
+    from bot.model.cache_report import inspect_cache
+    from bot.model.download import DownloadError, download_model
 
     try:
         download_model(settings.model_id, settings.model_revision)
@@ -95,7 +95,7 @@ def download(settings: Settings) -> int:
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
     from bot.generation import parameters_text, validate_request
-    from bot.png_output import encode_png, save_png
+    from bot.image_files import encode_png, save_png
     from bot.settings import MAX_STEPS
 
     request = GenerationRequest(
@@ -139,7 +139,7 @@ def run(settings: Settings) -> int:
     except ConfigError as error:
         print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    from bot.job_store import JobStore, StoreError
+    from bot.jobs.store import JobStore, StoreError
 
     # The job store is opened first: an unusable DATA_DIR is reported before minutes of loading.
     try:
@@ -151,7 +151,7 @@ def run(settings: Settings) -> int:
     if service is None:
         store.close()
         return EXIT_FAILURE
-    from bot.client import LoginRejected, run_bot
+    from bot.discord_bot.client import LoginRejected, run_bot
 
     try:
         run_bot(settings, service, store, token)
@@ -166,13 +166,13 @@ def run(settings: Settings) -> int:
 
 def _load_service(settings: Settings, *, warm_up: bool):
     """Print the banner, load the model, log `model ready`; None (after saying why) on failure."""
-    from bot.cache_report import hub_cache_root
-    from bot.model_download import DownloadError
+    from bot.model.cache_report import hub_cache_root
+    from bot.model.download import DownloadError
 
     print(f"zimage-bot: model {settings.model_id} (revision {settings.model_revision})", file=sys.stderr)
     print(f"zimage-bot: Hugging Face cache {hub_cache_root()}", file=sys.stderr)
     print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
-    from bot.pipeline_service import ModelLoadError, PipelineService
+    from bot.model.pipeline_service import ModelLoadError, PipelineService
 
     try:
         service = PipelineService(settings)

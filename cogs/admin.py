@@ -13,8 +13,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cache_report import inspect_cache
-from bot.error_tree import NotAllowed
+from bot.discord_bot.error_tree import NotAllowed
+from bot.model.cache_report import inspect_cache
 
 
 def admin_only():

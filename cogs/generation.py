@@ -11,7 +11,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.error_tree import NotAllowed, report_error
+from bot.discord_bot.error_tree import NotAllowed, report_error
+from bot.discord_bot.job_messages import BUTTON_PREFIX, info_embed
 from bot.generation import (
     MAX_COUNT,
     MAX_GUIDANCE,
@@ -23,9 +24,8 @@ from bot.generation import (
     validate_request,
 )
 from bot.image_size import ImageSize
-from bot.job_messages import BUTTON_PREFIX, info_embed
-from bot.job_runner import new_record
-from bot.job_store import JobRecord
+from bot.jobs.runner import new_record
+from bot.jobs.store import JobRecord
 from bot.prompt_flags import nearest_size, parse_prompt_flags
 from bot.settings import MAX_STEPS
 

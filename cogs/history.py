@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord_bot.job_messages import info_embed, quote
 from bot.generation import InvalidRequest
-from bot.job_messages import info_embed, quote
 
 HISTORY_LENGTH = 10
 

@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cache_report import format_bytes, hub_cache_root
-from bot.job_messages import format_seconds
+from bot.discord_bot.job_messages import format_seconds
+from bot.model.cache_report import format_bytes, hub_cache_root
 
 
 class Status(commands.Cog):

@@ -75,7 +75,7 @@ def tiny_settings(tmp_path: Path, hub_cache: Path):
 @pytest.fixture(scope="session")
 def loaded_service(hub_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """One resident tiny pipeline for the whole session, as `zimage-bot run` would hold it."""
-    from bot.pipeline_service import PipelineService
+    from bot.model.pipeline_service import PipelineService
     from bot.settings import Settings
 
     settings = Settings.from_env(tiny_env(tmp_path_factory.mktemp("service"), hub_cache))
@@ -126,8 +126,8 @@ class RunningBot:
 @pytest_asyncio.fixture
 async def start_bot(discord_api, loaded_service, tmp_path):
     """Start the real bot (shared tiny model service) against the double; stops it afterwards."""
-    from bot.client import ZImageBot, point_at_discord, serve
-    from bot.job_store import JobStore
+    from bot.discord_bot.client import ZImageBot, point_at_discord, serve
+    from bot.jobs.store import JobStore
     from bot.settings import Settings
 
     started: list[RunningBot] = []

@@ -30,10 +30,10 @@ from bench.build_random_model import (
     repo_folder_name,
 )
 from bench.measure import run_queue
-from bot import job_runner
-from bot.cache_report import inspect_cache
 from bot.generation import GenerationRequest
 from bot.image_size import ImageSize
+from bot.jobs import runner as job_runner
+from bot.model.cache_report import inspect_cache
 from conftest import PROJECT_ROOT
 
 

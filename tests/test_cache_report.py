@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from bot.cache_report import inspect_cache
+from bot.model.cache_report import inspect_cache
 from conftest import TINY_REPO_ID, tiny_env
 from tiny_model import mark_incomplete, snapshot_dir
 

@@ -8,7 +8,7 @@ import re
 
 from PIL import Image
 
-from bot.png_output import read_parameters
+from bot.image_files import read_parameters
 from conftest import TINY_REPO_ID
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bot.job_store import JobRecord, JobState, JobStore
+from bot.jobs.store import JobRecord, JobState, JobStore
 from test_generation_cog import delivered, imagine, reply_text
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.job_queue import GenerationQueue, QueueEntry, QueueRefusal
+from bot.jobs.queue import GenerationQueue, QueueEntry, QueueRefusal
 
 
 def entry(job_id: int, user_id: int) -> QueueEntry:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.job_store import (
+from bot.jobs.store import (
     DB_FILE_NAME,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -471,7 +471,7 @@ def test_commits_survive_the_process_being_killed(tmp_path: Path) -> None:
     script = f"""
 import os, signal, sys
 from pathlib import Path
-from bot.job_store import JobRecord, JobState, JobStore
+from bot.jobs.store import JobRecord, JobState, JobStore
 store = JobStore(Path({str(tmp_path)!r}))
 job = store.add(JobRecord(None, 1, "a", None, 2, "p", "", 16, 16, 1, 3, 0.0, 1, state=JobState.DONE))
 assert store.transition(job.id, [JobState.DONE], JobState.DELIVERED, result_message_id=9)

@@ -20,7 +20,7 @@ from bot.generation import (
     StepProgress,
 )
 from bot.image_size import ImageSize
-from bot.pipeline_service import PipelineService, ServiceState
+from bot.model.pipeline_service import PipelineService, ServiceState
 from conftest import tiny_env
 
 SMALL = ImageSize(64, 64)
@@ -230,7 +230,7 @@ def test_wait_estimates_come_from_what_was_measured(tiny_settings):
 def test_when_the_transformer_is_compiled(env, device, compiled):
     import torch
 
-    from bot.pipeline_service import _pick_compile
+    from bot.model.pipeline_service import _pick_compile
     from bot.settings import Settings
 
     assert _pick_compile(Settings.from_env(env), torch.device(device)) is compiled
@@ -248,13 +248,13 @@ def test_when_the_transformer_is_compiled(env, device, compiled):
 def test_dtype_follows_the_device_unless_set(dtype, device, expected):
     import torch
 
-    from bot.pipeline_service import _pick_dtype
+    from bot.model.pipeline_service import _pick_dtype
 
     assert _pick_dtype(dtype, torch.device(device)) == getattr(torch, expected)
 
 
 def test_fp8_quantization_runs_the_blocks_in_fp8_and_stays_close(tmp_path, hub_cache, loaded_service):
-    from bot.pipeline_service import Fp8Linear
+    from bot.model.fp8 import Fp8Linear
     from bot.settings import Settings
 
     service = PipelineService(Settings.from_env(tiny_env(tmp_path, hub_cache, QUANTIZE="fp8")))

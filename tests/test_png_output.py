@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from PIL import Image
 
 from bot.generation import GenerationRequest, parameters_text
+from bot.image_files import read_parameters, save_png, time_stem, write_new_file
 from bot.image_size import ImageSize
-from bot.png_output import read_parameters, save_png, time_stem, write_new_file
 
 
 def test_names_sort_by_time():

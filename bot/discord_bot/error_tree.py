@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 
 from bot.generation import GenerationError
-from bot.job_queue import QueueRefusal
+from bot.jobs.queue import QueueRefusal
 
 log = logging.getLogger(__name__)
 

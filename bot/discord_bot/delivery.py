@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import discord
 from PIL import Image
 
-from bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
-from bot.job_runner import ActiveJob, OutputFile
+from bot.discord_bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
+from bot.jobs.runner import ActiveJob, OutputFile
 
 log = logging.getLogger(__name__)
 

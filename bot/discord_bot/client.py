@@ -17,10 +17,10 @@ import discord
 import yarl
 from discord.ext import commands
 
-from bot.discord_delivery import DiscordJobPresenter
-from bot.error_tree import ZImageCommandTree
-from bot.job_runner import JobRunner
-from bot.job_store import JobStore
+from bot.discord_bot.delivery import DiscordJobPresenter
+from bot.discord_bot.error_tree import ZImageCommandTree
+from bot.jobs.runner import JobRunner
+from bot.jobs.store import JobStore
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ from bot.generation import (
     GenerationResult,
     StepProgress,
 )
+from bot.image_files import save_png
 from bot.image_size import ImageSize
-from bot.job_queue import GenerationQueue, QueueEntry
-from bot.job_store import JobRecord, JobState, JobStore
-from bot.png_output import save_png
+from bot.jobs.queue import GenerationQueue, QueueEntry
+from bot.jobs.store import JobRecord, JobState, JobStore
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,8 @@ from bot.generation import (
     validate_request,
 )
 from bot.image_size import ImageSize
+from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
+from bot.model.offload import apply_offload
 from bot.settings import MAX_STEPS, Settings
 
 # Read by diffusers when it is imported: load the shards of each model in parallel.
@@ -195,8 +197,8 @@ class PipelineService:
     # ----- worker-thread side ----------------------------------------------------------------
 
     def _load_and_warm_up(self, warm_up: bool) -> LoadReport:
-        from bot.cache_report import inspect_cache
-        from bot.model_download import download_model
+        from bot.model.cache_report import inspect_cache
+        from bot.model.download import download_model
 
         settings = self.settings
         report = inspect_cache(settings.model_id, settings.model_revision)
@@ -254,7 +256,7 @@ class PipelineService:
         if offload == "none" and self.device.type != "cuda":
             pipe.to(self.device)
         elif offload != "none":
-            _apply_offload(pipe, offload, self.device)
+            apply_offload(pipe, offload, self.device)
         pipe.set_progress_bar_config(disable=True)
         if settings.attention_backend:
             try:
@@ -265,8 +267,11 @@ class PipelineService:
             if offload != "none":
                 log.warning("QUANTIZE=fp8 ignored: it does not combine with OFFLOAD=%s", offload)
             else:
-                _check_fp8_support(self.device)
-                count = _quantize_to_fp8(pipe.transformer)
+                try:
+                    check_fp8_support(self.device)
+                except Fp8Unsupported as error:
+                    raise ModelLoadError(str(error)) from error
+                count = quantize_to_fp8(pipe.transformer)
                 log.info("QUANTIZE=fp8: %d linear layers of the transformer's blocks run in FP8", count)
         if self.compile:
             _use_persistent_compile_cache(settings.data_dir / "compile-cache")
@@ -395,57 +400,6 @@ def _pick_compile(settings: Settings, device: torch.device) -> bool:
     return settings.compile if settings.compile is not None else device.type == "cuda"
 
 
-class Fp8Linear(torch.nn.Module):
-    """A Linear layer computed in FP8 (e4m3) with one scale per weight row and per activation row,
-    scaled dynamically at every call: about twice the matrix throughput of bf16 on GPUs that have
-    FP8 tensor cores (Ada, Hopper and newer), at a small cost in precision."""
-
-    FP8_MAX = 448.0  # the largest e4m3 value
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        weight = linear.weight.detach()
-        scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / self.FP8_MAX
-        self.register_buffer("weight_fp8", (weight.float() / scale).to(torch.float8_e4m3fn))
-        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out): the layout _scaled_mm wants
-        self.bias = linear.bias
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / self.FP8_MAX
-        quantized = (rows.float() / scale).to(torch.float8_e4m3fn)
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        out = torch._scaled_mm(
-            quantized, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias, out_dtype=x.dtype
-        )
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-def _check_fp8_support(device: torch.device) -> None:
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        name = torch.cuda.get_device_name(device)
-        raise ModelLoadError(
-            f"QUANTIZE=fp8 needs a GPU with FP8 tensor cores (RTX 40xx, L4, H100 or newer); {name} has none. "
-            "Set QUANTIZE=none."
-        )
-
-
-def _quantize_to_fp8(transformer: torch.nn.Module) -> int:
-    """Swap the Linear layers inside the transformer's repeated blocks (where nearly all of its
-    arithmetic is) for Fp8Linear; embedders and the final layer stay in bf16. Returns the count."""
-    block_classes = set(getattr(transformer, "_repeated_blocks", ()))
-    count = 0
-    for block in [module for module in transformer.modules() if type(module).__name__ in block_classes]:
-        for parent in list(block.modules()):
-            for name, child in list(parent.named_children()):
-                # _scaled_mm needs both matrix dimensions to be multiples of 16.
-                if isinstance(child, torch.nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
-                    setattr(parent, name, Fp8Linear(child))
-                    count += 1
-    return count
-
-
 def _use_persistent_compile_cache(cache_dir: Path) -> None:
     """Keep inductor's compiled kernels and graphs in DATA_DIR, so a restart loads them instead of
     compiling again (H100: warm-up 21 s at the first start, 9 s at a restart, bench/RESULTS.md;
@@ -479,25 +433,3 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _diffusers_at_least(major: int, minor: int) -> bool:
     parts = diffusers.__version__.split(".")
     return (int(parts[0]), int(parts[1])) >= (major, minor)
-
-
-def _apply_offload(pipe: ZImagePipeline, mode: str, device: torch.device) -> None:
-    """Keep what must be resident on the GPU and stream the transformer's blocks (and, for
-    `sequential`, the text encoder's) from host memory one group at a time, overlapped with compute
-    on a side stream. This is much faster than diffusers' enable_model_cpu_offload, which moves whole
-    models at every call."""
-    from diffusers.hooks import apply_group_offloading
-
-    options = dict(
-        onload_device=device,
-        offload_device=torch.device("cpu"),
-        offload_type="block_level",
-        num_blocks_per_group=1,
-        use_stream=True,
-    )
-    pipe.transformer.enable_group_offload(**options)
-    pipe.vae.to(device)
-    if mode == "sequential":
-        apply_group_offloading(pipe.text_encoder, **options)
-    else:
-        pipe.text_encoder.to(device)

@@ -1,0 +1,1 @@
+"""The Discord side: the client, how jobs look in messages, delivery, and the error tree."""
