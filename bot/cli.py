@@ -16,7 +16,7 @@ from dotenv import load_dotenv
 
 from bot.generation import GenerationError, GenerationRequest, random_seed
 from bot.image_size import ImageSize
-from bot.settings import ConfigError, Settings, configure_logging
+from bot.settings import ConfigError, Settings, check_writable_folder, configure_logging
 
 log = logging.getLogger("zimage-bot")
 
@@ -111,6 +111,12 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     except GenerationError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.out is None:
+        try:
+            check_writable_folder("OUTPUT_DIR", settings.output_dir)
+        except ConfigError as error:
+            print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+            return EXIT_CONFIG
     service = _load_service(settings, warm_up=False)
     if service is None:
         return EXIT_FAILURE
@@ -136,6 +142,11 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
 def run(settings: Settings) -> int:
     try:
         token = settings.require_token()
+    except ConfigError as error:
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        check_writable_folder("OUTPUT_DIR", settings.output_dir)
     except ConfigError as error:
         print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG

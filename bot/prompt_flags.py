@@ -8,14 +8,18 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from bot.generation import MAX_SEED, InvalidRequest
 from bot.image_size import ImageSize
 
 FLAGS = ("ar", "seed", "no", "steps")
-# A phone's em-dash (and the en-dash some keyboards make) stand for "--".
-_DASHES = re.compile(r"[—–]-?")
+# A phone's em-dash (and the en-dash some keyboards make) stands for "--", but only right before a flag
+# name: every other dash ("1990–2000", "a cat — on a mat") is part of the prompt and is kept as typed.
+_DASHES = re.compile(r"(?:(?<=\s)|^)[—–]-?(?=(?:" + "|".join(FLAGS) + r")\b)", re.IGNORECASE)
 _FLAG = re.compile(r"(?:(?<=\s)|^)--(\w+)")
+# Beyond 16:1 either way is bad input (no offered size comes near it), not a wish to round.
+MAX_ASPECT = 16
 
 
 @dataclass(frozen=True)
@@ -60,14 +64,15 @@ def _aspect(value: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)", value)
     if not match or float(match[1]) <= 0 or float(match[2]) <= 0:
         raise InvalidRequest(f"`--ar {value}` is not an aspect ratio; write it like `--ar 16:9`.")
-    return _ratio(float(match[1]), float(match[2]))
-
-
-def _ratio(width: float, height: float) -> tuple[int, int]:
-    scale = 1000
-    w, h = round(width * scale), round(height * scale)
-    divisor = math.gcd(w, h)
-    return w // divisor, h // divisor
+    ratio = Fraction(match[1]) / Fraction(match[2])
+    if not 1 / MAX_ASPECT <= ratio <= MAX_ASPECT:
+        raise InvalidRequest(
+            f"`--ar {value}` is too {'wide' if ratio > 1 else 'tall'}; "
+            f"use a ratio from 1:{MAX_ASPECT} to {MAX_ASPECT}:1, e.g. `--ar 16:9`."
+        )
+    # Within those bounds the nearest fraction with a small denominator is never 0 and keeps 2.39:1 exact.
+    ratio = ratio.limit_denominator(1000)
+    return ratio.numerator, ratio.denominator
 
 
 def _integer(name: str, value: str, low: int, high: int) -> int:

@@ -16,9 +16,43 @@ def test_plain_prompt_has_no_flags():
     assert parse_prompt_flags("  a cat -- on a mat ") == PromptFlags("a cat -- on a mat")
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a poster of the years 1990–2000",
+        "a cat — on a mat",
+        "a cat –on a mat",  # a dash before a word that is not a flag name
+        "a map of Rhein—Main",
+        "a cat —nothing else",
+    ],
+)
+def test_dashes_that_introduce_no_flag_are_kept_as_typed(prompt):
+    assert parse_prompt_flags(prompt) == PromptFlags(prompt)
+
+
+def test_a_dash_before_a_flag_counts_but_other_dashes_in_the_same_prompt_stay():
+    flags = parse_prompt_flags("the years 1990–2000 — in colour —ar 16:9 –no sepia")
+    assert flags == PromptFlags("the years 1990–2000 — in colour", (16, 9), negative_prompt="sepia")
+
+
 def test_all_flags():
     flags = parse_prompt_flags("a castle at dawn --ar 16:9 --seed 42 --no text, watermark --steps 6")
     assert flags == PromptFlags("a castle at dawn", (16, 9), 42, "text, watermark", 6)
+
+
+@pytest.mark.parametrize(
+    ("value", "aspect"),
+    [
+        ("16:1", (16, 1)),
+        ("1:16", (1, 16)),
+        ("2.39:1", (239, 100)),
+        ("1.5:1", (3, 2)),
+        ("0.0002:0.0001", (2, 1)),
+        ("0.00001:0.000001", (10, 1)),
+    ],
+)
+def test_aspect_ratios_up_to_16_to_1_and_decimals(value, aspect):
+    assert parse_prompt_flags(f"a cat --ar {value}").aspect == aspect
 
 
 def test_em_dash_from_a_phone_counts_as_double_dash():
@@ -38,6 +72,11 @@ def test_em_dash_from_a_phone_counts_as_double_dash():
         ("a cat --steps many", "needs a whole number"),
         ("a cat --stylize 100", "Unknown flag `--stylize`"),
         ("a cat --seed 1 --seed 2", "given twice"),
+        ("a cat --ar 0.0001:1", "`--ar 0.0001:1` is too tall; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 1:0.0004", "`--ar 1:0.0004` is too wide; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 100000:1", "too wide"),
+        ("a cat --ar 1:17", "too tall"),
+        ("a cat --ar 16.5:1", "too wide"),
     ],
 )
 def test_malformed_flags_say_what_to_change(prompt, message):
