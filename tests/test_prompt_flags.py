@@ -98,3 +98,23 @@ def test_malformed_flags_say_what_to_change(prompt, message):
 )
 def test_aspect_ratio_picks_the_nearest_allowed_size(aspect, size):
     assert nearest_size(aspect, SIZES) == ImageSize.parse(size)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a cat --ar 0.0001:1", "`--ar 0.0001:1` is too tall; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 1:0.0004", "`--ar 1:0.0004` is too wide; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 100000:1", "`--ar 100000:1` is too wide"),
+    ],
+)
+async def test_extreme_ratios_through_imagine_say_what_to_change_and_queue_nothing(
+    start_bot, discord_api, prompt, expected
+):
+    from test_generation_cog import reply_text
+
+    running = await start_bot()
+    message = await reply_text(discord_api, await discord_api.invoke("imagine", {"prompt": prompt}))
+    assert message.ephemeral and expected in message.content
+    assert "Something went wrong" not in message.content
+    assert running.bot.store.get(1) is None and len(running.runner.queue) == 0

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import discord
-from PIL import Image
 
 from bot.discord_bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
+from bot.image_files import files_for_upload
 from bot.jobs.runner import ActiveJob, OutputFile
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ class DiscordJobPresenter:
     async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
         await self._finish_live(job)
         await self._after_notice(job)
-        uploads = await asyncio.to_thread(_read_for_upload, files, job.attachment_size_limit)
+        uploads, as_jpeg = await asyncio.to_thread(files_for_upload, [f.path for f in files], job.attachment_size_limit)
+        kept = "\nThe full-size PNG is kept on the server." if as_jpeg else ""
         record = job.record
         embed = result_embed(
             job.request,
@@ -131,7 +132,7 @@ class DiscordJobPresenter:
             try:
                 await self._webhook(job).edit_message(
                     "@original",
-                    content=None,
+                    content=kept.strip() or None,
                     embed=embed,
                     attachments=_files(uploads),
                     view=result_view(job.job_id),
@@ -145,7 +146,7 @@ class DiscordJobPresenter:
                 )
         reason = "the bot restarted" if job.resumed else "the request took longer than Discord allows for replies"
         await self._channel(job).send(
-            f"<@{job.user_id}> here is your image (posted here because {reason}).",
+            f"<@{job.user_id}> here is your image (posted here because {reason}).{kept}",
             embed=embed,
             files=_files(uploads),
             view=result_view(job.job_id),
@@ -230,26 +231,3 @@ def _only(user_id: int) -> discord.AllowedMentions:
 
 def _files(uploads: list[tuple[str, bytes]]) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in uploads]
-
-
-def _read_for_upload(files: list[OutputFile], limit: int) -> list[tuple[str, bytes]]:
-    """The saved PNGs, or JPEG copies when together they are over the upload limit (blocking)."""
-    uploads = [(file.path.name, file.path.read_bytes()) for file in files]
-    if sum(len(data) for _, data in uploads) <= limit:
-        return uploads
-    for quality, scale in ((92, 1.0), (85, 1.0), (80, 0.75), (75, 0.5)):
-        converted = []
-        for file in files:
-            with Image.open(file.path) as image:
-                rgb = image.convert("RGB")
-                if scale != 1.0:
-                    rgb = rgb.resize((int(rgb.width * scale), int(rgb.height * scale)), Image.LANCZOS)
-                buffer = io.BytesIO()
-                rgb.save(buffer, format="JPEG", quality=quality)
-            converted.append((file.path.with_suffix(".jpg").name, buffer.getvalue()))
-        if sum(len(data) for _, data in converted) <= limit:
-            log.info(
-                "results over the %d-byte upload limit: sent as JPEG (quality %d, scale %.2f)", limit, quality, scale
-            )
-            return converted
-    return converted
