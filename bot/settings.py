@@ -109,7 +109,7 @@ class Settings:
             attention_backend=env.text("ATTENTION_BACKEND"),
             compile=env.flag("COMPILE"),
             quantize=env.choice("QUANTIZE", "none", QUANTIZE_MODES),
-            discord_api_base=env.url("DISCORD_API_BASE", DEFAULT_API_BASE, ("http://", "https://")),
+            discord_api_base=env.url("DISCORD_API_BASE", DEFAULT_API_BASE, ("http://", "https://")) or DEFAULT_API_BASE,
             discord_gateway_url=env.url("DISCORD_GATEWAY_URL", None, ("ws://", "wss://")),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             retention_days=env.integer("RETENTION_DAYS", 30, 0, 36_500),

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import discord
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 MIN_EDIT_INTERVAL = 1.5
 # Stop using the interaction token a little before its 15 minutes are up.
 TOKEN_LIFETIME = 14 * 60
+# The interaction's own message in webhook routes; discord.py types message ids as int, so Any.
+ORIGINAL: Any = "@original"
 # Error codes that mean "this interaction token can no longer be used".
 DEAD_TOKEN_CODES = {50027, 10015, 10062, 10008}
 
@@ -76,7 +79,7 @@ class DiscordJobPresenter:
                 live.last_edit = time.monotonic()
                 try:
                     await self._webhook(job).edit_message(
-                        "@original",
+                        ORIGINAL,
                         content=status_text(job, self._paused()),
                         view=cancel_view(job.job_id),
                         embeds=[],
@@ -103,7 +106,7 @@ class DiscordJobPresenter:
         await self._after_notice(job)
         if self._token_usable(job):
             try:
-                await self._webhook(job).edit_message("@original", content=text, view=None, embeds=[], attachments=[])
+                await self._webhook(job).edit_message(ORIGINAL, content=text, view=None, embeds=[], attachments=[])
                 return
             except discord.HTTPException as error:
                 if not _token_dead(error):
@@ -131,7 +134,7 @@ class DiscordJobPresenter:
         if self._token_usable(job):
             try:
                 await self._webhook(job).edit_message(
-                    "@original",
+                    ORIGINAL,
                     content=kept.strip() or None,
                     embed=embed,
                     attachments=_files(uploads),
@@ -180,7 +183,7 @@ class DiscordJobPresenter:
 
     async def _edit_quietly(self, job: ActiveJob, webhook: discord.Webhook, **changes) -> None:
         try:
-            await webhook.edit_message("@original", **changes)
+            await webhook.edit_message(ORIGINAL, **changes)
         except Exception as error:  # best effort: the result itself goes to the channel regardless
             log.warning("could not update the message of job %d: %s", job.job_id, error)
 
@@ -197,7 +200,7 @@ class DiscordJobPresenter:
         if webhook is None:
             return False  # (a stored status_message_id would allow this check with the bot token)
         try:
-            message = await webhook.fetch_message("@original")
+            message = await webhook.fetch_message(ORIGINAL)
         except discord.HTTPException:
             return False
         return bool(message.attachments) and any(
@@ -215,6 +218,7 @@ class DiscordJobPresenter:
         )
 
     def _webhook(self, job: ActiveJob) -> discord.Webhook:
+        assert job.application_id is not None and job.record.interaction_token is not None, "see _token_usable"
         return discord.Webhook.partial(job.application_id, job.record.interaction_token, client=self.bot)
 
     def _channel(self, job: ActiveJob) -> discord.PartialMessageable:

@@ -44,7 +44,7 @@ import diffusers
 import torch
 
 # Imported here rather than on first use (diffusers imports the pipeline, and with it transformers,
-# lazily), so that the 4-5 s this takes are paid with the other imports, not inside the model load.
+# lazily), so that the seconds this takes are paid with the other imports, not inside the model load.
 from diffusers import ZImagePipeline
 from PIL import Image
 
@@ -57,7 +57,7 @@ T = TypeVar("T")
 # compiler makes the changing dimension dynamic (automatic dynamic shapes), so that prompts of any
 # length and every image size reuse the compiled code instead of recompiling, for seconds, on a
 # user's request. With the real model the first call already generalises (the image and caption
-# refiners share the block's code and differ in length); the second, 0.5 s, is insurance that the
+# refiners share the block's code and differ in length); the second, a short one, is insurance that the
 # caption length is dynamic whatever the block order (with diffusers' tiny test model it is needed).
 # compile_repeated_blocks(dynamic=True) would need one call, but compiles every dimension dynamic,
 # which made steady generation many times slower (tiny model, CPU; bench/README.md).
@@ -276,8 +276,8 @@ class PipelineService:
         kwargs["dtype" if _diffusers_at_least(0, 42) else "torch_dtype"] = self.dtype
         if offload == "none" and self.device.type == "cuda":
             # Straight onto the GPU, shard by shard (in parallel: HF_ENABLE_PARALLEL_LOADING above),
-            # cast to bf16 on the way: no copy of the model in host memory. H100: 5.9 s, against about
-            # 8 s for loading on the CPU and then .to("cuda") (bench/RESULTS.md).
+            # cast to bf16 on the way: no copy of the model in host memory, faster than loading on the
+            # CPU and then .to("cuda") (bench/RESULTS.md).
             kwargs["device_map"] = str(self.device)
         try:
             pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
@@ -356,8 +356,8 @@ class PipelineService:
         one-step generations compile the blocks for every image size and caption length (see
         WARMUP_PROMPTS). The other offered sizes are not warmed: they reuse the compiled code
         (measured, no recompilation), and the first image at a new size or caption length costs
-        0.1-0.2 s more, once (per-shape set-up outside the compiled code, such as cuDNN's), while
-        warming the 10 other default sizes would cost about 0.5 s each at every start.
+        a little more, once (per-shape set-up outside the compiled code, such as cuDNN's), while
+        warming the other default sizes would cost a generation each at every start (bench/README.md).
         """
         size = self.settings.default_size
         if not self.compile:
@@ -408,7 +408,7 @@ class PipelineService:
 
     def _generate_one(
         self,
-        pipe: ZImagePipeline,
+        pipe: Any,  # a ZImagePipeline: its decorated __call__ is opaque to type checkers
         request: GenerationRequest,
         seed: int,
         index: int,
@@ -493,8 +493,8 @@ def _pick_compile(settings: Settings, device: torch.device) -> bool:
 
 def _use_persistent_compile_cache(cache_dir: Path) -> None:
     """Keep inductor's compiled kernels and graphs in DATA_DIR, so a restart loads them instead of
-    compiling again (H100: warm-up 21 s at the first start, 9 s at a restart, bench/RESULTS.md;
-    what remains is dynamo tracing the blocks again, which no cache of this torch version skips).
+    compiling again (bench/RESULTS.md compares the warm-up of a first start and a restart; what
+    remains is dynamo tracing the blocks again, which no cache of this torch version skips).
 
     An operator's own TORCHINDUCTOR_CACHE_DIR wins. The directory is read when compiling starts,
     so setting it here, after import, still takes effect; the caches are switched on explicitly
