@@ -162,6 +162,9 @@ def run(settings: Settings) -> int:
     if service is None:
         store.close()
         return EXIT_FAILURE
+    import aiohttp
+    import discord
+
     from bot.discord_bot.client import LoginRejected, run_bot
 
     try:
@@ -169,6 +172,15 @@ def run(settings: Settings) -> int:
     except LoginRejected as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except (OSError, aiohttp.ClientError, discord.DiscordException) as error:
+        # Discord unreachable or failing (a wrong DISCORD_API_BASE, no network, a Discord outage).
+        log.debug("connecting to Discord failed", exc_info=True)
+        print(
+            f"zimage-bot: could not connect to Discord at {settings.discord_api_base} ({type(error).__name__}: "
+            f"{error}); check the network and DISCORD_API_BASE / DISCORD_GATEWAY_URL",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     finally:
         service.close()
         store.close()

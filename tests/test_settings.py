@@ -157,3 +157,14 @@ def test_output_dir_is_created_when_missing(tmp_path):
     folder = tmp_path / "new" / "outputs"
     check_writable_folder("OUTPUT_DIR", folder)
     assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_discord_unreachable_at_start_is_one_line_and_exit_1(tmp_path, hub_cache):
+    env = tiny_env(tmp_path, hub_cache, DISCORD_TOKEN="abc", DISCORD_API_BASE="http://127.0.0.1:9/api/v10")
+    result = _cli(["run"], env, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "could not connect to Discord" in line]
+    assert line.startswith("zimage-bot: could not connect to Discord at http://127.0.0.1:9/api/v10 (")
+    assert "DISCORD_API_BASE" in line
+    assert result.stderr.index("model ready") < result.stderr.index(line)
