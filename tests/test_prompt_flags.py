@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bot.generation import InvalidRequest
@@ -118,3 +120,22 @@ async def test_extreme_ratios_through_imagine_say_what_to_change_and_queue_nothi
     assert message.ephemeral and expected in message.content
     assert "Something went wrong" not in message.content
     assert running.bot.store.get(1) is None and len(running.runner.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a cat --seed " + "9" * 5000, "`--seed` must be from 0 to 4294967295 (got 999"),
+        ("a cat --steps " + "0" * 4999 + "7", None),
+        ("a cat --ar " + "1" * 5000 + ":1", "is not an aspect ratio"),
+        ("a cat --ar 1:" + "0" * 5000 + "1", "is not an aspect ratio"),
+        ("a cat --" + "x" * 5000, "Unknown flag `--xxx"),
+    ],
+)
+def test_huge_numbers_and_names_get_a_short_what_to_change_error(prompt, message):
+    if message is None:
+        assert parse_prompt_flags(prompt).steps == 7
+        return
+    with pytest.raises(InvalidRequest, match=re.escape(message)) as caught:
+        parse_prompt_flags(prompt)
+    assert len(str(caught.value)) < 200  # fits a Discord message, with room to spare
