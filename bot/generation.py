@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -55,9 +55,6 @@ class GenerationRequest:
     def seeds(self) -> list[int]:
         """One seed per image: consecutive, so image i of a batch can be made again on its own."""
         return [(self.seed + index) % (MAX_SEED + 1) for index in range(self.count)]
-
-    def with_seed(self, seed: int) -> GenerationRequest:
-        return replace(self, seed=seed)
 
 
 def validate_request(
@@ -119,11 +116,6 @@ class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
     seconds: float  # wall time of the pipeline call(s), excluding queueing
-    step_seconds: list[float] = field(default_factory=list)
-
-    @property
-    def seconds_per_image(self) -> float:
-        return self.seconds / max(1, len(self.images))
 
 
 def parameters_text(request: GenerationRequest, seed: int, model_id: str) -> str:
