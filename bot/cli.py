@@ -72,25 +72,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cache_check(settings: Settings) -> int:
-    from bot.model.cache_report import inspect_cache
-
-    report = inspect_cache(settings.model_id, settings.model_revision)
-    print(report.to_text())
-    return EXIT_OK if report.complete else EXIT_FAILURE
+    """The pipeline's cache report, then the safety model's (when the check is on); 0 when both are complete."""
+    reports = _cache_reports(settings)
+    print("\n\n".join(report.to_text() for report in reports))
+    return EXIT_OK if all(report.complete for report in reports) else EXIT_FAILURE
 
 
 def download(settings: Settings) -> int:
-    from bot.model.cache_report import inspect_cache
     from bot.model.download import DownloadError, download_model
 
     try:
         download_model(settings.model_id, settings.model_revision)
+        if settings.safety_model:
+            from bot.model.safety import DOWNLOAD_PATTERNS
+
+            download_model(settings.safety_model, "main", allow_patterns=DOWNLOAD_PATTERNS)
     except DownloadError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    report = inspect_cache(settings.model_id, settings.model_revision)
-    print(report.to_text())
-    return EXIT_OK if report.complete else EXIT_FAILURE
+    return cache_check(settings)
+
+
+def _cache_reports(settings: Settings) -> list:
+    from bot.model.cache_report import CLASSIFIER, inspect_cache
+
+    reports = [inspect_cache(settings.model_id, settings.model_revision)]
+    if settings.safety_model:
+        reports.append(inspect_cache(settings.safety_model, "main", kind=CLASSIFIER))
+    return reports
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -170,6 +179,7 @@ def _load_service(settings: Settings, *, warm_up: bool):
     from bot.model.download import DownloadError
 
     print(f"zimage-bot: model {settings.model_id} (revision {settings.model_revision})", file=sys.stderr)
+    print(f"zimage-bot: safety check {settings.safety_check_text}", file=sys.stderr)
     print(f"zimage-bot: Hugging Face cache {hub_cache_root()}", file=sys.stderr)
     print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
     from bot.model.pipeline_service import ModelLoadError, PipelineService
