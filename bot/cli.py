@@ -79,17 +79,23 @@ def cache_check(settings: Settings) -> int:
 
 
 def download(settings: Settings) -> int:
-    from bot.model.download import DownloadError, download_model
+    """Fetch the pipeline and the safety model (when the check is on), then print the cache reports."""
+    from bot.model.cache_report import CLASSIFIER, CLASSIFIER_PATTERNS, PIPELINE, inspect_cache
+    from bot.model.download import DownloadError, download_model, offline
 
-    try:
-        download_model(settings.model_id, settings.model_revision)
-        if settings.safety_model:
-            from bot.model.safety import DOWNLOAD_PATTERNS
-
-            download_model(settings.safety_model, "main", allow_patterns=DOWNLOAD_PATTERNS)
-    except DownloadError as error:
-        print(f"zimage-bot: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+    wanted = [(settings.model_id, settings.model_revision, PIPELINE, None, "")]
+    if settings.safety_model:
+        wanted.append(
+            (settings.safety_model, "main", CLASSIFIER, CLASSIFIER_PATTERNS, "the safety model (SAFETY_MODEL) ")
+        )
+    for model_id, revision, kind, patterns, role in wanted:
+        if offline() and inspect_cache(model_id, revision, kind=kind).complete:
+            continue  # nothing to fetch, and no way to ask the Hub for a newer revision
+        try:
+            download_model(model_id, revision, allow_patterns=patterns)
+        except DownloadError as error:
+            print(f"zimage-bot: {role}{error}", file=sys.stderr)
+            return EXIT_FAILURE
     return cache_check(settings)
 
 

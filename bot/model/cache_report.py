@@ -24,6 +24,9 @@ CLASSIFIER = "classifier"
 # The files an image classifier is loaded from (and the only ones downloaded of its repository).
 CLASSIFIER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json")
 CLASSIFIER_SHARDS = "model-*-of-*.safetensors"
+# What a download fetches of a classifier's repository: Falconsai's also holds a PyTorch pickle of the
+# same weights and other formats, which the bot never reads.
+CLASSIFIER_PATTERNS = [*CLASSIFIER_FILES, CLASSIFIER_SHARDS]
 
 
 @dataclass(frozen=True)

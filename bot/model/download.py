@@ -14,6 +14,11 @@ class DownloadError(RuntimeError):
     """The model could not be fetched; the message says why and what to do."""
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE is set: nothing may be fetched."""
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def download_model(model_id: str, revision: str, allow_patterns: list[str] | None = None) -> Path:
     """Download (or finish downloading) the model's files (all, or those matching `allow_patterns`);
     returns the snapshot folder.

@@ -23,15 +23,12 @@ import transformers
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
-from bot.model.cache_report import CLASSIFIER, CLASSIFIER_FILES, CLASSIFIER_SHARDS, inspect_cache
+from bot.model.cache_report import CLASSIFIER, CLASSIFIER_PATTERNS, inspect_cache
 from bot.model.download import DownloadError, download_model
 
 log = logging.getLogger(__name__)
 
 NSFW_LABEL = "nsfw"
-# What the download fetches of the classifier's repository: Falconsai's also holds a PyTorch pickle of
-# the same weights and other formats, which the bot never reads.
-DOWNLOAD_PATTERNS = [*CLASSIFIER_FILES, CLASSIFIER_SHARDS]
 
 
 class SafetyModelError(RuntimeError):
@@ -48,7 +45,7 @@ def fetch_classifier(model_id: str, revision: str = "main") -> tuple[Path, bool]
         return report.snapshot_dir, True
     log.warning("safety model not complete in the cache (%s): downloading", "; ".join(report.problems))
     try:
-        download_model(model_id, revision, allow_patterns=DOWNLOAD_PATTERNS)
+        download_model(model_id, revision, allow_patterns=CLASSIFIER_PATTERNS)
     except DownloadError as error:
         raise DownloadError(f"the safety model (SAFETY_MODEL) {error}") from error
     report = inspect_cache(model_id, revision, kind=CLASSIFIER)
