@@ -22,6 +22,7 @@ from safetensors import safe_open
 from bench import report
 from bench.build_random_model import (
     BENCH_REPO_ID,
+    BENCH_SAFETY_REPO_ID,
     FULL_SIZE,
     TINY,
     ModelSpec,
@@ -278,7 +279,7 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
             "--results",
             str(results),
             "--phases",
-            "ours",
+            "ours,ours_safety",
             "--repeats",
             "1",
             "--queue-jobs",
@@ -297,3 +298,16 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
     assert figures["queue"]["delivered"] == 2
     markdown = (results / "results.md").read_text()
     assert table_row(markdown, "queue of 2 jobs")[2] != "–"
+    # The safety check's phase: the same job with the check and without, in one process, on the CPU.
+    safety = json.loads((results / "results.json").read_text())["phases"]["ours_safety"]
+    assert safety["status"] == "ok", safety
+    figures = safety["safety"]
+    assert figures["model"] == BENCH_SAFETY_REPO_ID
+    assert len(figures["on_all_s"]) == len(figures["off_all_s"]) == 4
+    assert figures["check_alone_1_s"] > 0 and 0 < figures["check_in_job_s"] < figures["on_s"]
+    assert 0 < figures["weights_gib"] <= figures["file_gib"]  # fp32 on the CPU: the file's own size
+    assert table_row(markdown, "steady 64x64, median of 4 each")[1:3] == [
+        f"{figures['on_s']:.2f}",
+        f"{figures['off_s']:.2f}",
+    ]
+    assert table_row(markdown, "safety check, steady latency")[1] == "<= +2%"
