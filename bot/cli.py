@@ -83,7 +83,9 @@ def download(settings: Settings) -> int:
     from bot.model.cache_report import CLASSIFIER, CLASSIFIER_PATTERNS, PIPELINE, inspect_cache
     from bot.model.download import DownloadError, download_model, offline
 
-    wanted = [(settings.model_id, settings.model_revision, PIPELINE, None, "")]
+    wanted: list[tuple[str, str, str, list[str] | None, str]] = [
+        (settings.model_id, settings.model_revision, PIPELINE, None, "")
+    ]
     if settings.safety_model:
         wanted.append(
             (settings.safety_model, "main", CLASSIFIER, CLASSIFIER_PATTERNS, "the safety model (SAFETY_MODEL) ")
