@@ -146,6 +146,11 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     else:
         path, _ = save_png(image, request, seed, settings.model_id, settings.output_dir)
     log.info("%s in %.1f s (seed %d)", request.size, result.seconds, seed)
+    if result.flagged[0]:
+        score = result.nsfw_scores[0]
+        log.warning(
+            "the safety check flagged this image (%s)", "check failed" if score is None else f"nsfw {score:.2f}"
+        )
     print(path)
     return EXIT_OK
 

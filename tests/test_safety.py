@@ -283,6 +283,14 @@ def test_a_safety_model_without_nsfw_label_stops_start_up_in_one_line(hub_cache,
     assert "Traceback" not in result.stderr
 
 
+def test_generate_says_when_the_image_was_flagged(hub_cache, tmp_path):
+    env = tiny_env(tmp_path, hub_cache, SAFETY_MODEL=TINY_SAFETY_ALWAYS)
+    result = zimage_bot(["generate", "a cat", "--out", str(tmp_path / "cat.png")], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "the safety check flagged this image (nsfw 1.00)" in result.stderr
+    assert (tmp_path / "cat.png").is_file()  # a local tool: the operator's own file is written anyway
+
+
 def test_the_banner_names_the_safety_model(hub_cache, tmp_path):
     result = zimage_bot(
         ["generate", "a cat", "--out", str(tmp_path / "cat.png")], tiny_env(tmp_path, hub_cache), tmp_path
@@ -290,6 +298,7 @@ def test_the_banner_names_the_safety_model(hub_cache, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"zimage-bot: safety check {TINY_SAFETY_NEVER}, threshold 0.5" in error_lines(result.stderr)
     assert f"safety model {TINY_SAFETY_NEVER} loaded in" in result.stderr
+    assert "flagged" not in result.stderr
 
 
 def test_cache_check_reports_both_models_and_fails_for_either(own_hub_cache, tmp_path):
