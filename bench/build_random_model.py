@@ -9,7 +9,10 @@ Weights are made shard by shard directly in their stored dtype on the given devi
 on the meta device only to learn the parameter names and shapes. Hashing (blob names) and writing
 overlap the making of the next shard.
 
-Usage: python -m bench.build_random_model HUB_CACHE [--repo-id ORG/NAME] [--tiny] [--device cuda]
+With --classifier it builds the safety check's stand-in instead: Falconsai/nsfw_image_detection's
+architecture (ViT-base patch16 224, labels normal / nsfw) with random weights (made on the CPU; 343 MB).
+
+Usage: python -m bench.build_random_model HUB_CACHE [--repo-id ORG/NAME] [--tiny] [--device cuda] [--classifier]
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.hub_layout import blob_name, install_snapshot, make_tokenizer, repo_folder_name
+from bench.hub_layout import blob_name, install_snapshot, make_tokenizer, repo_folder_name, save_vit_classifier
 
 BENCH_REPO_ID = "random-weights/Z-Image-Turbo"
+# The safety classifier's stand-in: Falconsai/nsfw_image_detection's architecture (ViT-base patch16 224,
+# labels normal / nsfw) with random weights, fp32 in one model.safetensors as published.
+BENCH_SAFETY_REPO_ID = "random-weights/nsfw_image_detection"
+TINY_CLASSIFIER = dict(image_size=32, patch_size=8, hidden_size=16, layers=1, heads=2, intermediate_size=32)
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,21 @@ def build_random_model(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def build_random_classifier(
+    hub_cache: Path, repo_id: str = BENCH_SAFETY_REPO_ID, *, tiny: bool = False, seed: int = 0, log=print
+) -> Path:
+    """Write the random-weight safety classifier into `hub_cache` as a download would; returns the snapshot."""
+    repo_dir = Path(hub_cache) / repo_folder_name(repo_id)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-classifier-") as staging:
+        save_vit_classifier(Path(staging), ("normal", "nsfw"), seed=seed, **(TINY_CLASSIFIER if tiny else {}))
+        files = sorted(path for path in Path(staging).rglob("*") if path.is_file())
+        names = {path.relative_to(staging).as_posix(): blob_name(path) for path in files}
+        snapshot = install_snapshot(Path(staging), repo_dir, names)
+    log(f"built {repo_id} ({_tree_bytes(snapshot) / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s")
+    return snapshot
+
+
 def _write_pipeline(staging: Path, spec: ModelSpec, device: str, seed: int, writer: ThreadPoolExecutor) -> dict:
     """Write every file into `staging`; returns {relative path: future of its blob name}."""
     import diffusers
@@ -303,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo-id", default=BENCH_REPO_ID)
     parser.add_argument("--tiny", action="store_true", help="diffusers' test sizes instead of the full model")
     parser.add_argument("--device", default="cuda", help="where the random weights are made (default: cuda)")
+    parser.add_argument("--classifier", action="store_true", help="build the safety classifier instead")
     args = parser.parse_args(argv)
+    if args.classifier:
+        print(build_random_classifier(args.hub_cache, tiny=args.tiny))
+        return 0
     snapshot = build_random_model(args.hub_cache, args.repo_id, TINY if args.tiny else FULL_SIZE, device=args.device)
     print(snapshot)
     return 0

@@ -138,3 +138,51 @@ def make_tokenizer(vocab_size: int = 320, extra_corpus: Iterable[str] = ()):
     tokenizer.add_tokens(["<think>", "</think>"])  # Qwen3 keeps its reasoning markers as added tokens
     tokenizer.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
     return tokenizer
+
+
+def save_vit_classifier(
+    folder: Path,
+    labels: Iterable[str],
+    *,
+    image_size: int = 224,
+    patch_size: int = 16,
+    hidden_size: int = 768,
+    layers: int = 12,
+    heads: int = 12,
+    intermediate_size: int = 3072,
+    head_bias: Iterable[float] | None = None,
+    seed: int = 0,
+) -> None:
+    """Write a random-weight `ViTForImageClassification` (config.json, model.safetensors in fp32) and its
+    `preprocessor_config.json` into `folder`, as an image classifier's repository holds them. The
+    defaults are ViT-base patch16 224, the architecture of Falconsai/nsfw_image_detection.
+
+    `head_bias`: set the classification head's weights to zero and its bias to these logits, so that
+    every image gets the same probabilities (tests decide what is flagged); None keeps random weights."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    labels = list(labels)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+    )
+    config.architectures = ["ViTForImageClassification"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTForImageClassification(config).eval()
+    if head_bias is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.tensor(list(head_bias)))
+    model.save_pretrained(folder)
+    # Falconsai's preprocessing: resize to the model's input, scale to 0..1, normalise with mean and std 0.5.
+    ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(folder)

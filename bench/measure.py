@@ -63,6 +63,7 @@ class PhaseConfig:
     service_overrides: dict = field(default_factory=dict)
     device: str = "cuda"  # the baseline's; "cpu" only for the tiny smoke test
     experiments: bool = False  # after the figures, try speed options on the live pipeline (not defaults)
+    safety_compare: bool = False  # after the figures, time the same image with the safety check and without
 
     @classmethod
     def from_json(cls, text: str) -> PhaseConfig:
@@ -230,6 +231,8 @@ def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
             ]
             figures["queue"] = asyncio.run(run_queue(settings, service, requests, work_dir / "queue"))
         figures.update(_memory_figures())
+        if config.safety_compare and not config.only_first:
+            figures["safety"] = _compare_safety(service, config)
         if config.experiments and not config.only_first:
             figures["experiments"] = _experiments(service, config, generate)
     finally:
@@ -260,6 +263,84 @@ def _time_latent_only(service, config: PhaseConfig) -> float | None:
     # On the service's own worker thread: one thread drives the pipeline, always.
     times = [service.call_on_worker(lambda pipe, index=index: run(pipe, index)) for index in range(3)]
     return median(times)
+
+
+def _compare_safety(service, config: PhaseConfig) -> dict:
+    """What the image safety check costs: the same steady job with the check and without, alternating in
+    this one process (ABBA order, so a drift of the clock or temperature falls on both), then the check
+    alone and its GPU memory. Without the check means the service's classifier detached between jobs;
+    the bot without SAFETY_MODEL never loads it."""
+    from bot.generation import GenerationRequest
+    from bot.image_size import ImageSize
+    from bot.model.cache_report import CLASSIFIER, inspect_cache
+
+    checker = service.safety_checker
+    if checker is None:
+        return {"error": "SAFETY_MODEL is empty in this phase"}
+    size = ImageSize(*parse_size(config.sizes[0]))
+    timed: dict[bool, list[float]] = {True: [], False: []}
+    in_job: list[float] = []
+    result = None
+    try:
+        for index in range(2 * max(config.repeats, 4)):
+            checked = index % 4 in (0, 3)
+            service.safety_checker = checker if checked else None
+            begun = time.perf_counter()
+            result = service.generate(GenerationRequest(prompt(index), size, config.steps, seed=2000 + index))
+            timed[checked].append(time.perf_counter() - begun)
+            if checked:
+                in_job.append(result.safety_seconds)
+    finally:
+        service.safety_checker = checker
+    assert result is not None
+    image = result.images[0]
+
+    def check_alone(count: int) -> float:
+        # On the service's worker thread, as in a job; scores() returns numbers, so the GPU work is done.
+        begun = time.perf_counter()
+        service._worker.submit(checker.scores, [image] * count).result()
+        return time.perf_counter() - begun
+
+    alone_one = [check_alone(1) for _ in range(10)]
+    alone_four = [check_alone(4) for _ in range(5)]
+    report = inspect_cache(checker.model_id, kind=CLASSIFIER)
+    figures = {
+        "model": checker.model_id,
+        "on_s": median(timed[True]),
+        "off_s": median(timed[False]),
+        "on_all_s": timed[True],
+        "off_all_s": timed[False],
+        "check_in_job_s": median(in_job),
+        "check_alone_1_s": median(alone_one),
+        "check_alone_4_s": median(alone_four),
+        "weights_gib": checker.parameter_bytes / GIB,
+        "file_gib": report.size_bytes / GIB,
+    }
+    figures["cost"] = figures["on_s"] / figures["off_s"] - 1.0
+    import torch
+
+    if torch.cuda.is_available():
+        # A job's peak with the check and without: the check runs after the VAE decode has let go of its memory.
+        peaks = {}
+        for checked in (False, True):
+            service.safety_checker = checker if checked else None
+            _synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            service.generate(GenerationRequest(prompt(0), size, config.steps, seed=1))
+            peaks[checked] = torch.cuda.max_memory_allocated() / GIB
+        service.safety_checker = checker
+        _synchronize()
+        resting = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        check_alone(4)
+        figures.update(
+            job_peak_on_gib=peaks[True],
+            job_peak_off_gib=peaks[False],
+            check_working_gib=(torch.cuda.max_memory_allocated() - resting) / GIB,
+        )
+        # What the bot holds for the check: the resident weights, and whatever it adds to a job's peak.
+        figures["memory_cost_gib"] = figures["weights_gib"] + max(0.0, peaks[True] - peaks[False])
+    return figures
 
 
 def _experiments(service, config: PhaseConfig, generate) -> dict:

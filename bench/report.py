@@ -219,6 +219,41 @@ def profile_table(results: dict) -> list[str]:
     return lines
 
 
+def safety_table(results: dict) -> list[str]:
+    """The image safety check's cost (ours_safety): with and without it in one process, and its memory."""
+    if "ours_safety" not in results.get("phases", {}):
+        return []
+    state = _phase_state(results, "ours_safety")
+    figures = get(results, "ours_safety", "safety")
+    if state or not isinstance(figures, dict) or "on_s" not in figures:
+        reason = state or (figures or {}).get("error", "no figures")
+        return [f"Not measured: {reason}."]
+    square, _ = sizes_of(results)
+    rounds = len(figures.get("on_all_s") or [])
+
+    def ms(value) -> str:
+        return "–" if value is None else f"{value * 1000:.1f}"
+
+    lines = [
+        f"| {figures.get('model')} | with the check | without | cost |",
+        "|---|---|---|---|",
+        f"| steady {square}, median of {rounds} each, alternating (s) | {seconds(figures['on_s'])} "
+        f"| {seconds(figures['off_s'])} | {figures['cost']:+.1%} |",
+        f"| the check inside those jobs (ms) | {ms(figures.get('check_in_job_s'))} | | |",
+        f"| the check alone, 1 image / 4 images (ms) | {ms(figures.get('check_alone_1_s'))} / "
+        f"{ms(figures.get('check_alone_4_s'))} | | |",
+    ]
+    if figures.get("job_peak_on_gib") is not None:
+        lines.append(
+            f"| peak GPU memory of a job (GiB) | {figures['job_peak_on_gib']:.2f} | {figures['job_peak_off_gib']:.2f} "
+            f"| {figures['job_peak_on_gib'] - figures['job_peak_off_gib']:+.2f} |"
+        )
+    lines.append(
+        f"| resident weights / the model's file (GiB) | {figures['weights_gib']:.3f} / {figures['file_gib']:.3f} | | |"
+    )
+    return lines
+
+
 def evaluate_targets(results: dict) -> list[Target]:
     """The issue's targets (1024x1024, 8 steps unless said), each met, missed or not measured."""
     targets = []
@@ -249,6 +284,17 @@ def evaluate_targets(results: dict) -> list[Target]:
         share,
         f"{rate or 0:.2f} images/s ({share or 0:.0%})",
         lambda: share >= 0.95,
+    )
+    cost = get(results, "ours_safety", "safety", "cost")
+    check("safety check, steady latency", "<= +2%", cost, f"{cost or 0:+.1%}", lambda: cost <= 0.02)
+    memory = get(results, "ours_safety", "safety", "memory_cost_gib")
+    model_file = get(results, "ours_safety", "safety", "file_gib")
+    check(
+        "safety check, GPU memory",
+        "<= the model's own size",
+        memory if model_file is not None else None,
+        f"{memory or 0:.3f} GiB (model {model_file or 0:.3f} GiB)",
+        lambda: memory <= model_file,
     )
     restart = _sum(get(results, "ours_restart", "load_s"), get(results, "ours_restart", "warmup_s"))
     check("warm restart ready (load + warm-up)", "<= 8 s", restart, seconds(restart) + " s", lambda: restart <= 8.0)
@@ -311,6 +357,9 @@ def render_markdown(results: dict) -> str:
     variants = variant_table(results)
     if variants:
         lines += ["", "### Variants: one option changed", "", *variants]
+    safety = safety_table(results)
+    if safety:
+        lines += ["", "### The image safety check (ours_safety)", "", *safety]
     profile = profile_table(results)
     if profile:
         lines += ["", "### Where the time of a steady image goes (ours)", "", *profile]

@@ -13,6 +13,8 @@ Phases (default order; the cold ones last, since dropping the page cache slows w
   ours                the bot's PipelineService as `zimage-bot run` uses it, empty compile cache;
                       also a queue of --queue-jobs jobs through the real JobRunner (PNGs saved)
   ours_restart        the same again with the compile cache the first start left (a restart)
+  ours_safety         the image safety check (a random-weight ViT-base classifier as SAFETY_MODEL): the
+                      same steady image with the check and without, alternating in one process; its memory
   offload_model       OFFLOAD=model
   offload_sequential  OFFLOAD=sequential
   ours_eager          COMPILE=0
@@ -38,7 +40,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.build_random_model import BENCH_REPO_ID, FULL_SIZE, TINY, repo_folder_name
+from bench.build_random_model import BENCH_REPO_ID, BENCH_SAFETY_REPO_ID, FULL_SIZE, TINY, repo_folder_name
 from bench.measure import PhaseConfig
 from bench.report import render_markdown
 
@@ -61,6 +63,8 @@ BOT_VARIABLES = (
     "OFFLOAD",
     "ATTENTION_BACKEND",
     "COMPILE",
+    "SAFETY_MODEL",
+    "SAFETY_THRESHOLD",
     "TORCHINDUCTOR_CACHE_DIR",
     "TRITON_CACHE_DIR",
     "HF_TOKEN",
@@ -80,12 +84,14 @@ class Phase:
     latent_only: bool = False
     service_overrides: dict = field(default_factory=dict)
     experiments: bool = False
+    safety_compare: bool = False
 
 
 PHASES = {
     "baseline": Phase("baseline"),
     "ours": Phase("service", data="ours", fresh_data=True, queue=True, latent_only=True, experiments=True),
     "ours_restart": Phase("service", data="ours", repeats=3),
+    "ours_safety": Phase("service", data="ours", env={"SAFETY_MODEL": BENCH_SAFETY_REPO_ID}, safety_compare=True),
     "offload_model": Phase("service", data="offload", env={"OFFLOAD": "model"}, repeats=3),
     "offload_sequential": Phase("service", data="offload", env={"OFFLOAD": "sequential"}, repeats=3),
     "ours_eager": Phase("service", data="eager", env={"COMPILE": "0"}, repeats=3),
@@ -108,6 +114,7 @@ DEFAULT_PHASES = (
     "baseline",
     "ours",
     "ours_restart",
+    "ours_safety",
     "offload_model",
     "offload_sequential",
     "ours_eager",
@@ -144,6 +151,8 @@ class Benchmark:
         self.log_file = self.results_dir / "phases.log"
         self.log_file.write_text("")
         self.build()
+        if any(PHASES[name].env.get("SAFETY_MODEL") == BENCH_SAFETY_REPO_ID for name in phases):
+            self.build_classifier()
         for name in phases:
             left = self.args.budget_s - (time.monotonic() - self.started)
             if left < 30:
@@ -175,6 +184,23 @@ class Benchmark:
         marker.write_text(spec.to_json())
         self.record("build", {"status": "ok", "seconds": time.perf_counter() - started, "reused": False})
 
+    def build_classifier(self) -> None:
+        """The safety check's random-weight classifier, beside the pipeline (built once, like it)."""
+        spec = "tiny" if self.args.tiny else "full"
+        marker = self.work / "built-classifier.txt"
+        repo = self.hub / repo_folder_name(BENCH_SAFETY_REPO_ID)
+        if marker.is_file() and marker.read_text() == spec and (repo / "refs" / "main").is_file():
+            return
+        shutil.rmtree(repo, ignore_errors=True)
+        command = [sys.executable, "-m", "bench.build_random_model", str(self.hub), "--classifier"]
+        if self.args.tiny:
+            command.append("--tiny")
+        outcome = self.spawn("build_classifier", command, self.base_env(), timeout=self.args.phase_timeout_s)
+        if outcome["status"] != "ok":
+            self.record("build_classifier", outcome)
+            raise SystemExit(f"building the safety classifier failed: {outcome}")
+        marker.write_text(spec)
+
     def run_phase(self, name: str, phase: Phase, timeout: float) -> dict:
         if phase.cold:
             reason = drop_page_cache()
@@ -203,6 +229,7 @@ class Benchmark:
             service_overrides=phase.service_overrides,
             device="cpu" if self.args.tiny else "cuda",
             experiments=phase.experiments and not self.args.tiny,
+            safety_compare=phase.safety_compare,
         )
         env["BENCH_CONFIG"] = json.dumps(asdict(config))
         result_file = self.work / "phase-results" / f"{name}.json"
@@ -233,6 +260,8 @@ class Benchmark:
             HF_HUB_CACHE=str(self.hub),
             HF_HUB_OFFLINE="1",
             HF_HUB_DISABLE_TELEMETRY="1",
+            # The pipeline alone, as measured before the safety check existed; ours_safety adds the check.
+            SAFETY_MODEL="",
             PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         )

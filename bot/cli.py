@@ -72,25 +72,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cache_check(settings: Settings) -> int:
-    from bot.model.cache_report import inspect_cache
-
-    report = inspect_cache(settings.model_id, settings.model_revision)
-    print(report.to_text())
-    return EXIT_OK if report.complete else EXIT_FAILURE
+    """The pipeline's cache report, then the safety model's (when the check is on); 0 when both are complete."""
+    reports = _cache_reports(settings)
+    print("\n\n".join(report.to_text() for report in reports))
+    return EXIT_OK if all(report.complete for report in reports) else EXIT_FAILURE
 
 
 def download(settings: Settings) -> int:
-    from bot.model.cache_report import inspect_cache
-    from bot.model.download import DownloadError, download_model
+    """Fetch the pipeline and the safety model (when the check is on), then print the cache reports."""
+    from bot.model.cache_report import CLASSIFIER, CLASSIFIER_PATTERNS, PIPELINE, inspect_cache
+    from bot.model.download import DownloadError, download_model, offline
 
-    try:
-        download_model(settings.model_id, settings.model_revision)
-    except DownloadError as error:
-        print(f"zimage-bot: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    report = inspect_cache(settings.model_id, settings.model_revision)
-    print(report.to_text())
-    return EXIT_OK if report.complete else EXIT_FAILURE
+    wanted: list[tuple[str, str, str, list[str] | None, str]] = [
+        (settings.model_id, settings.model_revision, PIPELINE, None, "")
+    ]
+    if settings.safety_model:
+        wanted.append(
+            (settings.safety_model, "main", CLASSIFIER, CLASSIFIER_PATTERNS, "the safety model (SAFETY_MODEL) ")
+        )
+    for model_id, revision, kind, patterns, role in wanted:
+        if offline() and inspect_cache(model_id, revision, kind=kind).complete:
+            continue  # nothing to fetch, and no way to ask the Hub for a newer revision
+        try:
+            download_model(model_id, revision, allow_patterns=patterns)
+        except DownloadError as error:
+            print(f"zimage-bot: {role}{error}", file=sys.stderr)
+            return EXIT_FAILURE
+    return cache_check(settings)
+
+
+def _cache_reports(settings: Settings) -> list:
+    from bot.model.cache_report import CLASSIFIER, inspect_cache
+
+    reports = [inspect_cache(settings.model_id, settings.model_revision)]
+    if settings.safety_model:
+        reports.append(inspect_cache(settings.safety_model, "main", kind=CLASSIFIER))
+    return reports
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -135,6 +152,11 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     else:
         path, _ = save_png(image, request, seed, settings.model_id, settings.output_dir)
     log.info("%s in %.1f s (seed %d)", request.size, result.seconds, seed)
+    if result.flagged[0]:
+        score = result.nsfw_scores[0]
+        log.warning(
+            "the safety check flagged this image (%s)", "check failed" if score is None else f"nsfw {score:.2f}"
+        )
     print(path)
     return EXIT_OK
 
@@ -193,6 +215,7 @@ def _load_service(settings: Settings, *, warm_up: bool):
     from bot.model.download import DownloadError
 
     print(f"zimage-bot: model {settings.model_id} (revision {settings.model_revision})", file=sys.stderr)
+    print(f"zimage-bot: safety check {settings.safety_check_text}", file=sys.stderr)
     print(f"zimage-bot: Hugging Face cache {hub_cache_root()}", file=sys.stderr)
     print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
     from bot.model.pipeline_service import ModelLoadError, PipelineService

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -115,7 +115,29 @@ class GenerationResult:
     request: GenerationRequest
     images: list[Image.Image]
     seeds: list[int]
-    seconds: float  # wall time of the pipeline call(s), excluding queueing
+    seconds: float  # wall time of the pipeline call(s) and the safety check, excluding queueing
+    # The safety classifier's probability of `nsfw` for each image; None where the check failed for it.
+    nsfw_scores: list[float | None] = field(default_factory=list)
+    # The SAFETY_THRESHOLD the images were checked against; None when the check is off (not checked).
+    safety_threshold: float | None = None
+    safety_seconds: float = 0.0  # the part of `seconds` the safety check took
+
+    @property
+    def safety_checked(self) -> bool:
+        return self.safety_threshold is not None
+
+    @property
+    def flagged(self) -> list[bool]:
+        """One flag per image: its score reached the threshold, or the check failed for it (fail closed).
+        All False when the check is off."""
+        threshold = self.safety_threshold
+        if threshold is None:
+            return [False] * len(self.images)
+        scores = self.nsfw_scores
+        return [
+            index >= len(scores) or scores[index] is None or scores[index] >= threshold  # type: ignore[operator]
+            for index in range(len(self.images))
+        ]
 
 
 def parameters_text(request: GenerationRequest, seed: int, model_id: str) -> str:

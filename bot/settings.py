@@ -19,6 +19,8 @@ from bot.image_size import ImageSize
 
 DEFAULT_MODEL_ID = "Tongyi-MAI/Z-Image-Turbo"
 DEFAULT_API_BASE = "https://discord.com/api/v10"
+DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
+DEFAULT_SAFETY_THRESHOLD = 0.5
 
 # The model's official presets, the square one first so it is the default.
 RECOMMENDED_SIZES = (
@@ -81,10 +83,20 @@ class Settings:
     discord_gateway_url: str | None = None
     log_level: str = "INFO"
     retention_days: int = 30
+    # Repo id of the image safety classifier; None: the check is off (SAFETY_MODEL set to empty).
+    safety_model: str | None = DEFAULT_SAFETY_MODEL
+    safety_threshold: float = DEFAULT_SAFETY_THRESHOLD
 
     @property
     def default_size(self) -> ImageSize:
         return self.image_sizes[0]
+
+    @property
+    def safety_check_text(self) -> str:
+        """The image safety check in a few words, for the banner and /status."""
+        if not self.safety_model:
+            return "off"
+        return f"{self.safety_model}, threshold {self.safety_threshold:g}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +125,13 @@ class Settings:
             discord_gateway_url=env.url("DISCORD_GATEWAY_URL", None, ("ws://", "wss://")),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             retention_days=env.integer("RETENTION_DAYS", 30, 0, 36_500),
+            safety_model=env.optional_pattern(
+                "SAFETY_MODEL",
+                DEFAULT_SAFETY_MODEL,
+                r"[\w.-]+/[\w.-]+",
+                "a repo id like org/name, or empty to turn the image safety check off",
+            ),
+            safety_threshold=env.fraction("SAFETY_THRESHOLD", DEFAULT_SAFETY_THRESHOLD),
         )
 
     def require_token(self) -> str:
@@ -171,6 +190,29 @@ class _Reader:
         if not re.fullmatch(regex, raw):
             raise ConfigError(name, raw, allowed)
         return raw
+
+    def optional_pattern(self, name: str, default: str, regex: str, allowed: str) -> str | None:
+        """Unset gives the default; set to empty (`NAME=`) gives None, which turns the feature off."""
+        if name not in self._env:
+            return default
+        raw = self._env[name].strip()
+        if not raw:
+            return None
+        if not re.fullmatch(regex, raw):
+            raise ConfigError(name, raw, allowed)
+        return raw
+
+    def fraction(self, name: str, default: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, raw, "a number from 0 to 1, e.g. 0.5") from None
+        if not 0.0 <= value <= 1.0:  # also refuses nan
+            raise ConfigError(name, raw, "a number from 0 to 1, e.g. 0.5")
+        return value
 
     def flag(self, name: str) -> bool | None:
         raw = self.text(name)

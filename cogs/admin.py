@@ -14,7 +14,17 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot.error_tree import NotAllowed
-from bot.model.cache_report import inspect_cache
+from bot.model.cache_report import CLASSIFIER, CacheReport, inspect_cache
+
+
+def report_embed(title: str, report: CacheReport) -> discord.Embed:
+    embed = discord.Embed(
+        title=f"{title}: " + ("complete" if report.complete else "NOT complete"),
+        colour=discord.Colour.green() if report.complete else discord.Colour.red(),
+    )
+    for label, value in report.rows()[:25]:
+        embed.add_field(name=label, value=value[:1024], inline=label not in ("Cache root", "Model folder", "Problem"))
+    return embed
 
 
 def admin_only():
@@ -39,15 +49,11 @@ class Admin(commands.Cog):
         settings = self.bot.settings
         # Scanning a 33 GB cache touches many files: never on the event loop.
         report = await asyncio.to_thread(inspect_cache, settings.model_id, settings.model_revision)
-        embed = discord.Embed(
-            title="Model cache: " + ("complete" if report.complete else "NOT complete"),
-            colour=discord.Colour.green() if report.complete else discord.Colour.red(),
-        )
-        for label, value in report.rows()[:25]:
-            embed.add_field(
-                name=label, value=value[:1024], inline=label not in ("Cache root", "Model folder", "Problem")
-            )
-        await interaction.followup.send(embed=embed, ephemeral=True)
+        embeds = [report_embed("Model cache", report)]
+        if settings.safety_model:
+            report = await asyncio.to_thread(inspect_cache, settings.safety_model, "main", kind=CLASSIFIER)
+            embeds.append(report_embed("Safety model cache", report))
+        await interaction.followup.send(embeds=embeds, ephemeral=True)
 
     @app_commands.command(name="pause", description="Stop starting queued jobs; the running one finishes (admins)")
     @app_commands.default_permissions(administrator=True)

@@ -38,6 +38,7 @@ class Status(commands.Cog):
         embed.add_field(name="State", value=state)
         embed.add_field(name="Model", value=f"{settings.model_id}\n@ {settings.model_revision}")
         embed.add_field(name="Device", value=f"{service.device} · {str(service.dtype).removeprefix('torch.')}")
+        embed.add_field(name="Safety check", value=settings.safety_check_text)
         memory = service.gpu_memory()
         if memory is not None:
             embed.add_field(

@@ -22,7 +22,7 @@ os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 import pytest  # noqa: E402
 
-from tiny_model import TINY_REPO_ID, build_tiny_model, install_copy  # noqa: E402
+from tiny_model import TINY_REPO_ID, TINY_SAFETY_NEVER, build_tiny_classifiers, build_tiny_model, install_copy  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HUB_CACHE = _HF_HOME / "hub"
@@ -31,8 +31,9 @@ TINY_SIZES = "64x64,96x64,64x96"
 
 @pytest.fixture(scope="session")
 def hub_cache() -> Path:
-    """The process-wide cache (HF_HUB_CACHE) with the tiny model in it, built once."""
+    """The process-wide cache (HF_HUB_CACHE) with the tiny model and the tiny safety classifiers in it, built once."""
     build_tiny_model(HUB_CACHE)
+    build_tiny_classifiers(HUB_CACHE)
     return HUB_CACHE
 
 
@@ -52,6 +53,9 @@ def tiny_env(tmp_path: Path, hub: Path | None = None, **overrides: str) -> dict[
         HF_HOME=str(hub.parent),
         HF_HUB_CACHE=str(hub),
         MODEL_ID=TINY_REPO_ID,
+        # The safety check on, as by default, with a classifier that flags nothing; tests that need
+        # flagged images choose another (tiny_model.TINY_CLASSIFIERS) or a SAFETY_THRESHOLD.
+        SAFETY_MODEL=TINY_SAFETY_NEVER,
         IMAGE_SIZES=TINY_SIZES,
         DEFAULT_STEPS="2",
         DEVICE="cpu",

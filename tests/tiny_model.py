@@ -14,13 +14,29 @@ to import. Note that importing diffusers also imports huggingface_hub, which rea
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
 
-from bench.hub_layout import blob_name, install_snapshot, make_tokenizer, repo_folder_name
+from bench.hub_layout import blob_name, install_snapshot, make_tokenizer, repo_folder_name, save_vit_classifier
 
 TINY_REPO_ID = "tiny-org/tiny-z-image"
+
+# Tiny image safety classifiers (ViT, labels normal / nsfw). Their heads ignore the image: each gives
+# every image the same nsfw probability, so a test decides what is flagged by choosing one.
+TINY_SAFETY_NEVER = "tiny-org/tiny-nsfw-never"  # nsfw about 1e-13: nothing flagged (the suite's default)
+TINY_SAFETY_ALWAYS = "tiny-org/tiny-nsfw-always"  # nsfw 1.0, label spelled NSFW and first
+TINY_SAFETY_HALF = "tiny-org/tiny-nsfw-half"  # nsfw exactly 0.5: flagged at a threshold of 0.5, not above
+TINY_NO_NSFW_LABEL = "tiny-org/tiny-no-nsfw-label"  # labels drawing / photo
+TINY_SAFETY_NAN = "tiny-org/tiny-nsfw-nan"  # its head gives NaN: a classifier that gives no number
+TINY_CLASSIFIERS: dict[str, tuple[tuple[str, ...], float]] = {
+    # repo id: (labels, probability of the nsfw label, or of the first label where there is none)
+    TINY_SAFETY_NEVER: (("normal", "nsfw"), 1e-13),
+    TINY_SAFETY_ALWAYS: (("NSFW", "normal"), 1.0),
+    TINY_SAFETY_HALF: (("normal", "nsfw"), 0.5),
+    TINY_NO_NSFW_LABEL: (("drawing", "photo"), 0.5),
+}
 
 # Text encoder (Qwen3). Two layers at least: the pipeline reads hidden_states[-2].
 TEXT_HIDDEN_SIZE = 32
@@ -104,6 +120,48 @@ def build_tiny_model(hub_cache: Path, repo_id: str = TINY_REPO_ID, *, seed: int 
     with tempfile.TemporaryDirectory(prefix="tiny-z-image-") as staging:
         _save_pipeline(Path(staging), seed)
         return _install_snapshot(Path(staging), Path(hub_cache), repo_id)
+
+
+def build_tiny_classifier(
+    hub_cache: Path,
+    repo_id: str,
+    labels: tuple[str, ...] = ("normal", "nsfw"),
+    nsfw_probability: float = 0.5,
+    *,
+    head_bias: list[float] | None = None,
+) -> Path:
+    """Build a tiny ViTForImageClassification whose `nsfw` label (or, with none, its first label) gets
+    `nsfw_probability` for every image, and install it into `hub_cache` like a download. `head_bias`
+    gives the head's logits directly instead (NaN makes a classifier that gives no number). Returns the
+    snapshot."""
+    if head_bias is None:
+        target = next((index for index, label in enumerate(labels) if label.lower() == "nsfw"), 0)
+        # Softmax over the bias logits: the target gets logit(p) against 0 for each other label.
+        if nsfw_probability >= 1.0:
+            logit = 60.0  # exp(-60) is far below float32's resolution near 1: the probability is exactly 1.0
+        else:
+            logit = math.log(nsfw_probability * (len(labels) - 1) / (1.0 - nsfw_probability))
+        head_bias = [logit if index == target else 0.0 for index in range(len(labels))]
+    with tempfile.TemporaryDirectory(prefix="tiny-classifier-") as staging:
+        save_vit_classifier(
+            Path(staging),
+            labels,
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            layers=1,
+            heads=2,
+            intermediate_size=32,
+            head_bias=head_bias,
+        )
+        return _install_snapshot(Path(staging), Path(hub_cache), repo_id, ())
+
+
+def build_tiny_classifiers(hub_cache: Path) -> None:
+    """Every classifier of TINY_CLASSIFIERS, and TINY_SAFETY_NAN."""
+    for repo_id, (labels, probability) in TINY_CLASSIFIERS.items():
+        build_tiny_classifier(hub_cache, repo_id, labels, probability)
+    build_tiny_classifier(hub_cache, TINY_SAFETY_NAN, head_bias=[math.nan, 0.0])
 
 
 def _save_pipeline(folder: Path, seed: int) -> None:
@@ -191,8 +249,8 @@ def _save_pipeline(folder: Path, seed: int) -> None:
     vae.save_pretrained(folder / "vae")
 
 
-def _install_snapshot(staging: Path, hub_cache: Path, repo_id: str) -> Path:
+def _install_snapshot(staging: Path, hub_cache: Path, repo_id: str, no_exist_files=NO_EXIST_FILES) -> Path:
     """Move the files of `staging` into the cache as blobs and link a snapshot to them."""
     files = sorted(path for path in staging.rglob("*") if path.is_file())
     blob_names = {path.relative_to(staging).as_posix(): blob_name(path) for path in files}
-    return install_snapshot(staging, hub_cache / repo_folder_name(repo_id), blob_names, NO_EXIST_FILES)
+    return install_snapshot(staging, hub_cache / repo_folder_name(repo_id), blob_names, no_exist_files)

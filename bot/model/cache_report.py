@@ -17,6 +17,17 @@ from huggingface_hub.errors import CacheNotFound
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
+# What the cache must hold of a model, by kind: a diffusers pipeline (what its model_index.json and
+# weight indexes name), or an image classifier loaded with transformers' auto classes.
+PIPELINE = "pipeline"
+CLASSIFIER = "classifier"
+# The files an image classifier is loaded from (and the only ones downloaded of its repository).
+CLASSIFIER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json")
+CLASSIFIER_SHARDS = "model-*-of-*.safetensors"
+# What a download fetches of a classifier's repository: Falconsai's also holds a PyTorch pickle of the
+# same weights and other formats, which the bot never reads.
+CLASSIFIER_PATTERNS = [*CLASSIFIER_FILES, CLASSIFIER_SHARDS]
+
 
 @dataclass(frozen=True)
 class CachedRevision:
@@ -42,6 +53,7 @@ class CacheReport:
     size_bytes: int = 0
     free_bytes: int | None = None
     problems: list[str] = field(default_factory=list)
+    kind: str = PIPELINE
 
     def rows(self) -> list[tuple[str, str]]:
         """Label and value pairs, shared by the command line and the Discord embed."""
@@ -57,7 +69,7 @@ class CacheReport:
         )
         rows = [
             ("Cache root", f"{self.cache_root} ({root_state})"),
-            ("Model", f"{self.model_id} @ {self.revision}"),
+            ("Safety model" if self.kind == CLASSIFIER else "Model", f"{self.model_id} @ {self.revision}"),
             ("Model folder", str(self.model_dir)),
             ("Cached", "yes" if self.cached else "no"),
             ("Complete", state),
@@ -89,8 +101,10 @@ def hub_cache_root() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def inspect_cache(model_id: str, revision: str = "main", cache_root: Path | None = None) -> CacheReport:
-    """Report on `model_id` in the cache without touching the network."""
+def inspect_cache(
+    model_id: str, revision: str = "main", cache_root: Path | None = None, *, kind: str = PIPELINE
+) -> CacheReport:
+    """Report on `model_id` (a PIPELINE or a CLASSIFIER) in the cache without touching the network."""
     root = cache_root or hub_cache_root()
     model_dir = root / f"models--{model_id.replace('/', '--')}"
     report = CacheReport(
@@ -100,6 +114,7 @@ def inspect_cache(model_id: str, revision: str = "main", cache_root: Path | None
         revision=revision,
         model_dir=model_dir,
         free_bytes=_free_bytes(root),
+        kind=kind,
     )
     if not model_dir.is_dir():
         report.problems.append("the model has not been downloaded (run `zimage-bot download`)")
@@ -111,7 +126,10 @@ def inspect_cache(model_id: str, revision: str = "main", cache_root: Path | None
         report.problems.append(f"no snapshot for revision {revision!r} (run `zimage-bot download`)")
         return report
     report.snapshot_dir = model_dir / "snapshots" / report.commit
-    report.problems.extend(_snapshot_problems(report.snapshot_dir))
+    if kind == CLASSIFIER:
+        report.problems.extend(_classifier_problems(report.snapshot_dir))
+    else:
+        report.problems.extend(_snapshot_problems(report.snapshot_dir))
     partial = sorted((model_dir / "blobs").glob("*.incomplete"))
     if partial:
         report.problems.append(
@@ -172,6 +190,21 @@ def _snapshot_problems(snapshot: Path) -> list[str]:
             continue  # "_class_name", "_diffusers_version" and optional components set to null
         problems.extend(_component_problems(snapshot / name, name))
     return problems
+
+
+def _classifier_problems(snapshot: Path) -> list[str]:
+    """Its config, its image preprocessing and its safetensors weights (one file, or an index and its shards)."""
+    problems = [f"{name} is missing" for name in CLASSIFIER_FILES[:2] if not (snapshot / name).exists()]
+    index = snapshot / "model.safetensors.index.json"
+    if (snapshot / "model.safetensors").exists():
+        return problems
+    if not index.exists():
+        return [*problems, "model.safetensors is missing"]
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError) as error:
+        return [*problems, f"{index.name} cannot be read: {error}"]
+    return problems + [f"{shard} is missing" for shard in sorted(shards) if not (snapshot / shard).exists()]
 
 
 def _component_problems(folder: Path, name: str) -> list[str]:

@@ -14,8 +14,14 @@ class DownloadError(RuntimeError):
     """The model could not be fetched; the message says why and what to do."""
 
 
-def download_model(model_id: str, revision: str) -> Path:
-    """Download (or finish downloading) every file of the model; returns the snapshot folder.
+def offline() -> bool:
+    """HF_HUB_OFFLINE is set: nothing may be fetched."""
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def download_model(model_id: str, revision: str, allow_patterns: list[str] | None = None) -> Path:
+    """Download (or finish downloading) the model's files (all, or those matching `allow_patterns`);
+    returns the snapshot folder.
 
     huggingface_hub keeps partial files as `.incomplete` blobs and resumes them, and skips files
     already in the cache, so running this again after an interruption continues where it stopped.
@@ -26,8 +32,9 @@ def download_model(model_id: str, revision: str) -> Path:
             f"{model_id} is not completely in the cache and HF_HUB_OFFLINE is set: "
             "unset HF_HUB_OFFLINE (or run `zimage-bot download` on a machine with internet access)"
         )
-    log.info("downloading %s@%s into %s (about 33 GB for Z-Image-Turbo)", model_id, revision, constants.HF_HUB_CACHE)
+    size_note = " (about 33 GB for Z-Image-Turbo)" if allow_patterns is None else ""
+    log.info("downloading %s@%s into %s%s", model_id, revision, constants.HF_HUB_CACHE, size_note)
     try:
-        return Path(snapshot_download(model_id, revision=revision))
+        return Path(snapshot_download(model_id, revision=revision, allow_patterns=allow_patterns))
     except Exception as error:  # the hub raises many types: network, auth, missing repo, disk full
         raise DownloadError(f"downloading {model_id}@{revision} failed: {error}") from error

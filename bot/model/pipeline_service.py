@@ -35,6 +35,7 @@ from bot.generation import (
 from bot.image_size import ImageSize
 from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
 from bot.model.offload import apply_offload
+from bot.model.safety import SafetyChecker, SafetyModelError, fetch_classifier
 from bot.settings import MAX_STEPS, Settings
 
 # Read by diffusers when it is imported: load the shards of each model in parallel.
@@ -114,6 +115,8 @@ class PipelineService:
         self.state = ServiceState.NEW
         self.load_report: LoadReport | None = None
         self._pipe: ZImagePipeline | None = None
+        # The image safety classifier (SAFETY_MODEL), run on the worker thread after each job; None when off.
+        self.safety_checker: SafetyChecker | None = None
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
         # Measured seconds per image by (size, steps); feeds the queue's wait estimates.
@@ -140,6 +143,7 @@ class PipelineService:
         self.state = ServiceState.CLOSED
         self._worker.shutdown(wait=True, cancel_futures=True)
         self._pipe = None
+        self.safety_checker = None
 
     @property
     def ready(self) -> bool:
@@ -210,6 +214,9 @@ class PipelineService:
         from bot.model.download import download_model
 
         settings = self.settings
+        # The small safety classifier first: a missing or unusable one stops start-up in seconds,
+        # before the pipeline's minutes of loading.
+        safety_seconds = self._load_safety_checker() if settings.safety_model else 0.0
         report = inspect_cache(settings.model_id, settings.model_revision)
         from_cache = report.complete
         if from_cache:
@@ -225,7 +232,7 @@ class PipelineService:
 
         started = time.perf_counter()
         self._pipe = self._load_pipeline()
-        load_seconds = time.perf_counter() - started
+        load_seconds = time.perf_counter() - started + safety_seconds
         log.info(
             "loaded in %.1f s (%s) on %s as %s",
             load_seconds,
@@ -238,6 +245,11 @@ class PipelineService:
         if warm_up:
             self.state = ServiceState.WARMING_UP
             started = time.perf_counter()
+            if self.safety_checker is not None:
+                try:
+                    self.safety_checker.warm_up()
+                except SafetyModelError as error:
+                    raise ModelLoadError(str(error)) from error
             self._warm_up()
             warmup_seconds = time.perf_counter() - started
             log.info("warm-up took %.1f s", warmup_seconds)
@@ -266,6 +278,27 @@ class PipelineService:
             "model": "set OFFLOAD=sequential (the text encoder streams too) or use a GPU with more memory",
         }.get(self.settings.offload, "use a GPU with more memory, or stop other programs that use it")
         return f"the GPU ({total:.0f} GiB) ran out of memory {when} with OFFLOAD={self.settings.offload}: {fix}"
+
+    def _load_safety_checker(self) -> float:
+        """Fetch (if needed) and load SAFETY_MODEL onto the pipeline's device; returns the seconds it took."""
+        model_id = self.settings.safety_model
+        assert model_id is not None
+        snapshot, from_cache = fetch_classifier(model_id)
+        started = time.perf_counter()
+        try:
+            self.safety_checker = SafetyChecker.load(model_id, snapshot, self.device, self.dtype)
+        except SafetyModelError as error:
+            raise ModelLoadError(str(error)) from error
+        seconds = time.perf_counter() - started
+        log.info(
+            "safety model %s loaded in %.1f s (%s; label %r, threshold %g)",
+            model_id,
+            seconds,
+            "local cache" if from_cache else "downloaded",
+            self.safety_checker.model.config.id2label[self.safety_checker.nsfw_index],
+            self.settings.safety_threshold,
+        )
+        return seconds
 
     def _from_pretrained(self) -> ZImagePipeline:
         settings = self.settings
@@ -402,9 +435,25 @@ class PipelineService:
             self._generate_one(pipe, request, seed, index, progress, cancel)
             for index, seed in enumerate(request.seeds())
         ]
+        nsfw_scores: list[float | None] = [None] * len(images)
+        threshold = None
+        safety_started = time.perf_counter()
+        if self.safety_checker is not None:
+            # Never raises: an image whose check failed keeps None, and the result flags it.
+            nsfw_scores = self.safety_checker.scores(images)
+            threshold = self.settings.safety_threshold
+        safety_seconds = time.perf_counter() - safety_started
         seconds = time.perf_counter() - started
         self._record_speed(request, seconds)
-        return GenerationResult(request, images, request.seeds(), seconds)
+        return GenerationResult(
+            request,
+            images,
+            request.seeds(),
+            seconds,
+            nsfw_scores=nsfw_scores,
+            safety_threshold=threshold,
+            safety_seconds=safety_seconds,
+        )
 
     def _generate_one(
         self,
