@@ -92,7 +92,6 @@ class Generation(commands.Cog):
             guild_id=interaction.guild_id,
             kind=kind,
             parent_id=parent_id,
-            interaction_id=interaction.id,
             interaction_token=interaction.token,
             token_created_at=time.time(),
         )
