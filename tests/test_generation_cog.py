@@ -370,13 +370,13 @@ async def test_a_failed_delivery_is_tried_again_and_later_results_wait_for_it(st
     second = await imagine(discord_api, "the parcel after it", alice, seed=9)
     await discord_api.wait_for(lambda: len(running.runner.queue) == 2)
     discord_api.expire_token(first)  # so the result goes through the bot token, where the failure waits
-    discord_api.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=500)
+    discord_api.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=503, message="503: Service Unavailable")
     await admin_command(discord_api, "resume")
     one = await delivered(discord_api, first, 30)
     two = await delivered(discord_api, second, 30)
     await discord_api.wait_for(lambda: running.bot.store.get(2).state.value == "delivered")
     assert running.bot.store.get(1).state.value == "delivered"
-    failed = [r for r in discord_api.requests if r.method == "PATCH" and r.status == 500]
+    failed = [r for r in discord_api.requests if r.method == "PATCH" and r.status == 503]
     assert len(failed) == 1
     assert any("delivering job 1 failed (attempt 1); trying again" in record.message for record in caplog.records)
     # Alice's second result, ready long before the retry, waited for her first: her order holds.
