@@ -14,8 +14,10 @@ import asyncio
 import io
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import discord
 from PIL import Image
@@ -33,7 +35,8 @@ MIN_EDIT_INTERVAL = 1.5
 TOKEN_LIFETIME = 14 * 60
 # Error codes that mean "this interaction token can no longer be used".
 DEAD_TOKEN_CODES = {50027, 10015, 10062, 10008}
-ORIGINAL = "@original"  # the interaction's own message, for a job whose message id is not known
+ORIGINAL = "@original"
+REMEMBERED_FINAL = 4096  # the interaction's own message, for a job whose message id is not known
 
 
 @dataclass
@@ -56,8 +59,9 @@ class DiscordJobPresenter:
         self._paused = paused
         self.health = health or TaskHealth()
         self._live: dict[int, _LiveMessage] = {}
-        # Jobs whose message holds its final text: a late update must never show them again.
-        self._final: set[int] = set()
+        # Jobs whose message holds its final text: a late update must never show them again. Late
+        # updates come within seconds, so the most recent few thousand are enough to remember.
+        self._final: OrderedDict[int, None] = OrderedDict()
         self._notices: dict[int, asyncio.Task] = {}  # "the bot restarted" edits still in flight
 
     # ----- live status -----------------------------------------------------------------------
@@ -97,7 +101,9 @@ class DiscordJobPresenter:
 
     async def _finish_live(self, job: ActiveJob) -> None:
         """No status edit may land after the final message, so wait for the one in flight."""
-        self._final.add(job.job_id)
+        self._final[job.job_id] = None
+        if len(self._final) > REMEMBERED_FINAL:
+            self._final.popitem(last=False)
         live = self._live.pop(job.job_id, None)
         if live is None:
             return
@@ -131,7 +137,8 @@ class DiscordJobPresenter:
         if job.resumed and record.delivery_attempts > 1 and await self._already_shown(job):
             log.info("job %d: its result is already in its message; not posting it again", job.job_id)
             return None
-        webhook = self._token_webhook(job)
+        # After a restart the result goes out with the bot token, mentioning the requester (CONTRACT.md).
+        webhook = self._token_webhook(job) if not job.resumed else None
         if webhook is not None:
             try:
                 await webhook.edit_message(
@@ -250,6 +257,7 @@ class DiscordJobPresenter:
 
     async def _already_shown(self, job: ActiveJob) -> bool:
         """Whether an attempt before the restart put the result into the job's own message."""
+        message: discord.Message
         try:
             webhook = self._token_webhook(job)
             if webhook is not None:
@@ -291,8 +299,10 @@ class DiscordJobPresenter:
         return self.bot.get_partial_messageable(job.record.channel_id, guild_id=job.record.guild_id)
 
 
-def _own_id(job: ActiveJob) -> int | str:
-    return job.record.status_message_id or ORIGINAL
+def _own_id(job: ActiveJob) -> int:
+    """The job's own message id; "@original" (which the webhook API also takes) only for a job whose
+    acknowledgement never told the bot the id, e.g. when it crashed right then."""
+    return job.record.status_message_id or cast(int, ORIGINAL)
 
 
 def _token_dead(error: discord.HTTPException) -> bool:

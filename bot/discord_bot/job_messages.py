@@ -131,6 +131,8 @@ def info_embed(record, model_id: str) -> discord.Embed:
         embed.add_field(name="Negative prompt", value=record.negative_prompt[:1024], inline=False)
     if record.seconds is not None:
         embed.add_field(name="Time", value=format_seconds(record.seconds))
+    if record.error:
+        embed.add_field(name="What happened", value=record.error[:1024], inline=False)
     embed.add_field(name="Requested by", value=f"<@{record.user_id}>")
     embed.add_field(name="Kind", value=record.kind + (f" of job {record.parent_id}" if record.parent_id else ""))
     embed.set_footer(text=model_id)

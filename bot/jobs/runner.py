@@ -235,6 +235,7 @@ class JobRunner:
         await self._cancel_unqueued(record)
 
     async def _cancel_unqueued(self, record: JobRecord) -> None:
+        assert record.id is not None
         await asyncio.to_thread(
             self.store.transition, record.id, [JobState.QUEUED], JobState.CANCELLED, finished_at=time.time()
         )
@@ -266,6 +267,7 @@ class JobRunner:
         return job
 
     async def _remember_message(self, record: JobRecord, message_id: int) -> JobRecord:
+        assert record.id is not None
         try:
             return await asyncio.to_thread(self.store.update, record.id, status_message_id=message_id)
         except Exception as error:  # the job still runs; only a restart would have to post it anew
@@ -410,7 +412,7 @@ class JobRunner:
 
     def _behind_a_retry(self, job: ActiveJob) -> bool:
         pending = self._retrying.get(job.user_id)
-        return bool(pending) and min(pending) < job.job_id  # type: ignore[type-var]
+        return pending is not None and bool(pending) and min(pending) < job.job_id
 
     def _settle(self, job: ActiveJob) -> None:
         """The job's delivery is over, one way or another: let the same requester's later jobs go."""
