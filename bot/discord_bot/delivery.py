@@ -82,12 +82,15 @@ class DiscordJobPresenter:
             if live.finished:
                 return
             live.dirty = False
+            webhook = self._token_webhook(job)
+            if webhook is None:
+                return  # the token just aged out: the result goes out with the bot token later
             async with live.lock:
                 if live.finished:
                     return
                 live.last_edit = time.monotonic()
                 try:
-                    await self._webhook(job).edit_message(
+                    await webhook.edit_message(
                         _own_id(job),
                         content=status_text(job, self._paused()),
                         view=cancel_view(job.job_id),
@@ -289,11 +292,6 @@ class DiscordJobPresenter:
         if job.record.interaction_token is None or application_id is None or job.token_age >= TOKEN_LIFETIME:
             return None
         return discord.Webhook.partial(application_id, job.record.interaction_token, client=self.bot)
-
-    def _webhook(self, job: ActiveJob) -> discord.Webhook:
-        webhook = self._token_webhook(job)
-        assert webhook is not None
-        return webhook
 
     def _channel(self, job: ActiveJob) -> discord.PartialMessageable:
         return self.bot.get_partial_messageable(job.record.channel_id, guild_id=job.record.guild_id)
