@@ -40,7 +40,7 @@ class Admin(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="cache-check", description="Report on the model in the Hugging Face cache (admins)")
+    @app_commands.command(name="cache-check")
     @app_commands.default_permissions(administrator=True)
     @admin_only()
     async def cache_check(self, interaction: discord.Interaction) -> None:
@@ -55,7 +55,7 @@ class Admin(commands.Cog):
             embeds.append(report_embed("Safety model cache", report))
         await interaction.followup.send(embeds=embeds, ephemeral=True)
 
-    @app_commands.command(name="pause", description="Stop starting queued jobs; the running one finishes (admins)")
+    @app_commands.command(name="pause")
     @app_commands.default_permissions(administrator=True)
     @admin_only()
     async def pause(self, interaction: discord.Interaction) -> None:
@@ -63,7 +63,7 @@ class Admin(commands.Cog):
         await self.bot.runner.set_paused(True)
         await interaction.response.send_message("⏸️ Queue paused. `/resume` starts it again.", ephemeral=True)
 
-    @app_commands.command(name="resume", description="Start running queued jobs again (admins)")
+    @app_commands.command(name="resume")
     @app_commands.default_permissions(administrator=True)
     @admin_only()
     async def resume(self, interaction: discord.Interaction) -> None:

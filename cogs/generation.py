@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot.error_tree import NotAllowed, report_error
-from bot.discord_bot.job_messages import BUTTON_PREFIX, info_embed
+from bot.discord_bot.error_tree import NotAllowed, answer_privately_from_now_on, report_error
+from bot.discord_bot.job_messages import JobButton, info_embed
 from bot.generation import (
     MAX_COUNT,
     MAX_GUIDANCE,
@@ -32,67 +31,19 @@ from bot.settings import MAX_STEPS
 log = logging.getLogger(__name__)
 
 
-class JobButton(
-    discord.ui.DynamicItem[discord.ui.Button],
-    template=BUTTON_PREFIX + r":(?P<action>reroll|variations|info|delete|cancel):(?P<job_id>\d+)",
-):
-    """Any button on a job's message, before or after a restart: the job id is in the custom_id."""
-
-    def __init__(self, action: str, job_id: int) -> None:
-        super().__init__(discord.ui.Button(custom_id=f"{BUTTON_PREFIX}:{action}:{job_id}"))
-        self.action = action
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str]):
-        return cls(match["action"], int(match["job_id"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        client = interaction.client
-        cog = client.get_cog("Generation") if isinstance(client, commands.Bot) else None
-        try:
-            if not isinstance(cog, Generation):
-                raise InvalidRequest("Image generation is not available right now.")
-            await cog.on_button(interaction, self.action, self.job_id)
-        except Exception as error:
-            await report_error(interaction, error)
-
-
 class Generation(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
         self.settings = bot.settings
         self.runner = bot.runner
-        # The size choices come from IMAGE_SIZES, which is only known at run time.
-        self.imagine._params["size"].choices = [
-            app_commands.Choice(name=_size_label(size, index == 0), value=str(size))
-            for index, size in enumerate(self.settings.image_sizes)
-        ]
+        # The size choices come from IMAGE_SIZES, known only at run time: the command is built here.
+        self.imagine = _imagine_command(self)
 
-    @app_commands.command(name="imagine", description="Make a picture from a text prompt")
-    @app_commands.describe(
-        prompt="What to draw. Flags work too: --ar 16:9 --seed 42 --no text --steps 8",
-        size="Width x height in pixels",
-        seed="Same prompt, size, steps and seed give the same picture",
-        steps="More steps: slower, sometimes finer",
-        negative_prompt="What to avoid (only used when guidance is above 0)",
-        guidance="Prompt adherence; Turbo is made for 0",
-        count="How many pictures (1-4)",
-    )
-    async def imagine(
-        self,
-        interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
-        size: str | None = None,
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
-        negative_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
-        guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
-    ) -> None:
-        """Make a picture from a text prompt."""
-        request = self.build_request(prompt, size, seed, steps, negative_prompt, guidance, count)
-        await self.enqueue(interaction, request, kind="imagine")
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.imagine)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.imagine.name)
 
     def build_request(
         self,
@@ -141,33 +92,36 @@ class Generation(commands.Cog):
             guild_id=interaction.guild_id,
             kind=kind,
             parent_id=parent_id,
-            interaction_id=interaction.id,
             interaction_token=interaction.token,
             token_created_at=time.time(),
         )
         record = await self.runner.record(record)
         try:
-            await interaction.response.defer(thinking=True)
+            callback = await interaction.response.defer(thinking=True)
         except BaseException:
             await self.runner.discard(record)
             raise
+        # From here a refusal (shutdown began meanwhile) must not become the public message.
+        answer_privately_from_now_on(interaction)
         await self.runner.accept(
-            record, application_id=interaction.application_id, attachment_size_limit=interaction.filesize_limit
+            record,
+            application_id=interaction.application_id,
+            attachment_size_limit=interaction.filesize_limit,
+            status_message_id=callback.message_id if callback is not None else None,
         )
 
-    @app_commands.command(
-        name="cancel", description="Cancel a queued or running job (yours, or any if you are an admin)"
-    )
+    @app_commands.command(name="cancel")
     @app_commands.describe(job="The job number (shown under each image and in /history)")
     async def cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
         """Cancel a queued or running job (yours, or any if you are an admin)."""
         await self.cancel_job(interaction, job)
 
     async def cancel_job(self, interaction: discord.Interaction, job_id: int) -> None:
-        record = await self._stored_job(job_id)
+        record = await self._stored_job(job_id)  # one short read; everything slow comes after the answer
         self._require_owner_or_admin(interaction, record.user_id, "cancel this job")
+        await interaction.response.defer(ephemeral=True, thinking=True)
         outcome = await self.runner.cancel(job_id, interaction.user.id)
-        await interaction.response.send_message(f"Job {job_id}: {outcome}.", ephemeral=True)
+        await interaction.followup.send(f"Job {job_id}: {outcome}.", ephemeral=True)
 
     async def _stored_job(self, job_id: int) -> JobRecord:
         record = await asyncio.to_thread(self.bot.store.get, job_id)
@@ -179,6 +133,9 @@ class Generation(commands.Cog):
         return record
 
     # ----- buttons -------------------------------------------------------------------------------
+
+    async def on_button_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report_error(interaction, error)
 
     async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
         if action == "cancel":
@@ -209,6 +166,41 @@ class Generation(commands.Cog):
     def _require_owner_or_admin(self, interaction: discord.Interaction, owner_id: int, what: str) -> None:
         if interaction.user.id != owner_id and not self.bot.is_admin(interaction):
             raise NotAllowed(f"Only the person who asked for it or an admin can {what}.")
+
+
+def _imagine_command(cog: Generation) -> app_commands.Command:
+    """/imagine, with the size choices of this bot's IMAGE_SIZES."""
+    sizes = [
+        app_commands.Choice(name=_size_label(size, index == 0), value=str(size))
+        for index, size in enumerate(cog.settings.image_sizes)
+    ]
+
+    @app_commands.command(name="imagine")
+    @app_commands.describe(
+        prompt="What to draw. Flags work too: --ar 16:9 --seed 42 --no text --steps 8",
+        size="Width x height in pixels",
+        seed="Same prompt, size, steps and seed give the same picture",
+        steps="More steps: slower, sometimes finer",
+        negative_prompt="What to avoid (only used when guidance is above 0)",
+        guidance="Prompt adherence; Turbo is made for 0",
+        count="How many pictures (1-4)",
+    )
+    @app_commands.choices(size=sizes)
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        size: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        negative_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
+        guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+    ) -> None:
+        """Make a picture from a text prompt."""
+        request = cog.build_request(prompt, size, seed, steps, negative_prompt, guidance, count)
+        await cog.enqueue(interaction, request, kind="imagine")
+
+    return imagine
 
 
 def _first(*values):

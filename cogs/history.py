@@ -18,7 +18,7 @@ class History(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="history", description="Your recent images, with prompts and seeds")
+    @app_commands.command(name="history")
     async def history(self, interaction: discord.Interaction) -> None:
         """Your recent images, with prompts and seeds."""
         records = await asyncio.to_thread(self.bot.store.recent_for_user, interaction.user.id, HISTORY_LENGTH)
@@ -36,7 +36,7 @@ class History(commands.Cog):
         embed.set_footer(text="/info job:<number> shows every parameter; --seed N in a prompt makes one again")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
-    @app_commands.command(name="info", description="Every parameter of one job")
+    @app_commands.command(name="info")
     @app_commands.describe(job="The job number (shown under each image and in /history)")
     async def info(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
         """Every parameter of one job."""

@@ -17,7 +17,7 @@ class Status(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="status", description="What the bot is doing: model, GPU, queue, speed")
+    @app_commands.command(name="status")
     async def status(self, interaction: discord.Interaction) -> None:
         """What the bot is doing: model, GPU, queue, speed."""
         embed = await self.build_embed()
@@ -58,6 +58,21 @@ class Status(commands.Cog):
         mean = stats.mean_seconds_per_image
         embed.add_field(name="Mean time per image", value=format_seconds(mean) if mean is not None else "no data yet")
         embed.add_field(name="Uptime", value=format_seconds(time.time() - runner.started_at))
+        problems = runner.health.problems()
+        if problems:
+            # A background failure (the worker, delivery, the job store, OUTPUT_DIR) is logged in full;
+            # here the operator sees that it happened, and that the loops were restarted.
+            embed.colour = discord.Colour.orange()
+            lines = [
+                f"{format_seconds(time.time() - problem.at)} ago, {problem.where}: {problem.error}"[:300]
+                for problem in problems[-3:]
+            ]
+            restarts = ", ".join(f"{name} {count}x" for name, count in runner.health.restarts.items())
+            if restarts:
+                lines.append(f"restarted: {restarts}")
+            embed.add_field(
+                name=f"Problems ({len(problems)}, see the log)", value="\n".join(lines)[:1024], inline=False
+            )
         return embed
 
 

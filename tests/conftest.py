@@ -136,7 +136,7 @@ async def start_bot(discord_api, loaded_service, tmp_path):
 
     started: list[RunningBot] = []
 
-    async def start(**overrides: str) -> RunningBot:
+    async def start(*, busy_timeout: float | None = None, **overrides: str) -> RunningBot:
         env = tiny_env(
             tmp_path,
             DISCORD_API_BASE=discord_api.api_base,
@@ -147,7 +147,11 @@ async def start_bot(discord_api, loaded_service, tmp_path):
         env.update(overrides)
         settings = Settings.from_env(env)
         point_at_discord(settings)
-        store = JobStore(settings.data_dir)
+        store = (
+            JobStore(settings.data_dir)
+            if busy_timeout is None
+            else JobStore(settings.data_dir, busy_timeout=busy_timeout)
+        )
         bot = ZImageBot(settings, loaded_service, store, guild_ready_timeout=0.05)
         task = asyncio.create_task(serve(bot, discord_api.valid_token))
         await discord_api.wait_for(lambda: bot.is_ready() or task.done(), timeout=15)

@@ -345,6 +345,7 @@ class DiscordDouble:
         self._command_ids: dict[tuple, str] = {}
         self._failures: list[_Failure] = []
         self._stalls: list[Stall] = []
+        self._slow: list[tuple[str, re.Pattern, float]] = []
         self._edits: dict[str, list[float]] = {}
         self._ws: web.WebSocketResponse | None = None  # the identified (or resumed) connection
         self._transports: dict[web.WebSocketResponse, Any] = {}
@@ -369,6 +370,7 @@ class DiscordDouble:
         r.add_post(a + "/interactions/{iid}/{token}/callback", self._callback)
         r.add_post(a + "/webhooks/{app}/{token}", self._followup)
         r.add_route("*", a + "/webhooks/{app}/{token}/messages/{mid}", self._webhook_message)
+        r.add_post(a + "/users/@me/channels", self._open_dm)
         r.add_get(a + "/channels/{cid}", self._get_channel)
         r.add_post(a + "/channels/{cid}/messages", self._channel_post)
         r.add_route("*", a + "/channels/{cid}/messages/{mid}", self._channel_message)
@@ -440,6 +442,10 @@ class DiscordDouble:
         self._failures.append(
             _Failure(method.upper(), re.compile(path_regex), status, retry_after, count, code, text, is_global)
         )
+
+    def slow_down(self, method: str, path_regex: str, seconds: float) -> None:
+        """Answer every request whose path (after /api/v10) matches only after `seconds`: a slow Discord."""
+        self._slow.append((method.upper(), re.compile(path_regex), seconds))
 
     def stall_next(self, method: str, path_regex: str, *, when: Callable[[RequestRecord], bool] | None = None) -> Stall:
         """Carry out the next request whose path (after /api/v10) matches, and `when` accepts, but hold
@@ -679,7 +685,7 @@ class DiscordDouble:
         record = self._token_interaction(request)
         data, files = request[_BODY] or {}, request[_FILES]
         original = record.original
-        if record.ack_type == 5 and original is not None and original.loading:
+        if record.ack_type == 5 and original is not None and original.loading and not original.deleted:
             # The first followup after a deferral replaces the "thinking" message; the deferral's
             # ephemeral choice stands.
             self._update_message(original, {k: v for k, v in data.items() if k != "flags"}, files)
@@ -705,6 +711,10 @@ class DiscordDouble:
         if channel is None:
             raise ApiError(404, 10003, "Unknown Channel")
         return channel
+
+    async def _open_dm(self, request: web.Request) -> web.Response:
+        recipient = str((request[_BODY] or {}).get("recipient_id"))
+        return _json(self._dm_channel(DiscordUser(recipient, f"user-{recipient}")))
 
     async def _get_channel(self, request: web.Request) -> web.Response:
         return _json(self._channel(request))
@@ -933,6 +943,9 @@ class DiscordDouble:
             self.violations.extend(p for p in problems if p not in self.violations)  # retries repeat them
             if problems:  # Discord refuses a body that breaks its schema
                 raise ApiError(400, 50035, "Invalid Form Body", errors={"_errors": problems})
+            for method, pattern, seconds in self._slow:
+                if method == request.method and pattern.search(path):
+                    await asyncio.sleep(seconds)
             response = self._injected_failure(request.method, path)
             if (
                 response is None

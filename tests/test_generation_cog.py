@@ -44,11 +44,11 @@ async def test_imagine_whole_flow(start_bot, discord_api):
 
     # The same message showed the queue position, then progress, with a Cancel button.
     texts = [payload.get("content") or "" for _, payload in message.history]
-    assert texts[1] == "⏳ Queued: number 1 in line.\n> a tiny red boat"
+    assert texts[1] == "⏳ Job 1 queued: number 1 in line.\n> a tiny red boat"
     progress = texts[2:-1]
     assert progress, texts
     for text in progress:
-        assert re.fullmatch(r"🎨 Generating: step \d+ of 50 · image [123] of 3\n> a tiny red boat", text), text
+        assert re.fullmatch(r"🎨 Job 1 generating: step \d+ of 50 · image [123] of 3\n> a tiny red boat", text), text
     assert all("zimage:cancel:1" in str(payload["components"]) for _, payload in message.history[1:-1])
     # Throttled: at most one edit in 1.5 s, so Discord's rate limit is never hit.
     times = [at for at, _ in message.history[1:-1]]
@@ -170,7 +170,7 @@ async def test_round_robin_between_users_with_positions_shown(start_bot, discord
         await discord_api.wait_for(lambda count=index + 1: len(running.runner.queue) == count)
     # Bob is second in line although Alice asked three times before him; everyone sees where they are.
     await discord_api.wait_for(lambda: "number 2 in line" in (jobs[3].original.content or ""), 10)
-    assert "Queue paused by an admin" in jobs[3].original.content
+    assert jobs[3].original.content.startswith("⏸️ Job 4: queue paused by an admin.")
     await discord_api.wait_for(lambda: "number 4 in line" in (jobs[2].original.content or ""), 10)
     await admin_command(discord_api, "resume")
     for job in jobs:
@@ -244,21 +244,21 @@ async def test_cancel_a_queued_job_and_a_running_one(start_bot, discord_api):
     assert "Only the person who asked for it or an admin" in refused.content
     answer = await reply_text(discord_api, await discord_api.click(queued.original, "zimage:cancel:1", user=alice))
     assert answer.ephemeral and answer.content == "Job 1: cancelled before it started."
-    await discord_api.wait_for(lambda: queued.original.content.startswith("🚫 Cancelled"))
+    await discord_api.wait_for(lambda: queued.original.content.startswith("🚫 Job 1 cancelled before it started"))
     assert queued.original.components == []
     assert running.bot.store.get(1).state.value == "cancelled"
 
     await admin_command(discord_api, "resume")
     long_job = await imagine(discord_api, "a long job", alice, size="512x512", steps=50, count=4)
     await discord_api.wait_for(lambda: running.runner.queue.running is not None, 10)
-    await discord_api.wait_for(lambda: "Generating" in (long_job.original.content or ""), 10)
+    await discord_api.wait_for(lambda: "Job 2 generating" in (long_job.original.content or ""), 10)
     # An admin may cancel anyone's job, by button or by /cancel.
     from conftest import ADMIN_ID
 
     admin = discord_api.make_user("admin", id=ADMIN_ID)
     answer = await reply_text(discord_api, await discord_api.invoke("cancel", {"job": 2}, user=admin))
     assert answer.content == "Job 2: stopping after the current step."
-    await discord_api.wait_for(lambda: long_job.original.content == "🚫 Cancelled.", 10)
+    await discord_api.wait_for(lambda: long_job.original.content == "🚫 Job 2 cancelled.", 10)
     assert running.bot.store.get(2).state.value == "cancelled"
     # The worker goes on serving.
     after = await delivered(discord_api, await imagine(discord_api, "after the cancel", alice))
@@ -298,19 +298,40 @@ async def test_delivery_after_the_token_expired_mentions_only_the_requester(star
     await discord_api.wait_for(lambda: len(running.runner.queue) == 1)
     discord_api.expire_token(interaction)
     await admin_command(discord_api, "resume")
-    posted = await discord_api.wait_for(lambda: [m for m in discord_api.channel_messages() if m.attachments], 30)
-    message = posted[0]
+    # The job's own message, found by its stored id, is edited with the bot token: nothing posted blind.
+    message = await delivered(discord_api, interaction, 30)
+    assert running.bot.store.get(1).status_message_id == int(message.id)
     assert message.content.startswith(f"<@{alice.id}> here is your image")
     assert message.allowed_mentions == {"parse": [], "users": [int(alice.id)]}
     assert message.custom_ids()[0] == "zimage:reroll:1"
+    assert any(
+        r.method == "PATCH" and r.path == f"/channels/{message.channel_id}/messages/{message.id}"
+        for r in discord_api.requests
+    )
+    assert discord_api.channel_messages() == []
     await discord_api.wait_for(lambda: running.bot.store.get(1).state.value == "delivered")
+
+
+async def test_a_channel_post_records_its_message_id(start_bot, discord_api):
+    running = await start_bot()
+    await admin_command(discord_api, "pause")
+    alice = discord_api.make_user("alice")
+    interaction = await imagine(discord_api, "a deleted message", alice, seed=3)
+    await discord_api.wait_for(lambda: len(running.runner.queue) == 1 and interaction.original.content)
+    discord_api.expire_token(interaction)
+    interaction.original.deleted = True  # the requester (or a moderator) removed it meanwhile
+    await admin_command(discord_api, "resume")
+    posted = await discord_api.wait_for(lambda: [m for m in discord_api.channel_messages() if m.attachments], 30)
+    assert posted[0].content.startswith(f"<@{alice.id}> here is your image (posted here because")
+    await discord_api.wait_for(lambda: running.bot.store.get(1).state.value == "delivered")
+    assert running.bot.store.get(1).result_message_id == int(posted[0].id)
 
 
 async def test_a_429_on_the_result_edit_is_retried(start_bot, discord_api):
     await start_bot()
-    discord_api.fail_next("PATCH", r"/webhooks/\d+/[^/]+/messages/@original", status=429, retry_after=0.2, count=2)
+    discord_api.fail_next("PATCH", r"/webhooks/\d+/[^/]+/messages/\d+", status=429, retry_after=0.2, count=2)
     message = await delivered(discord_api, await imagine(discord_api, "a patient robot", None))
-    statuses = [r.status for r in discord_api.requests if r.method == "PATCH" and "@original" in r.path]
+    statuses = [r.status for r in discord_api.requests if r.method == "PATCH" and "/webhooks/" in r.path]
     assert statuses[:2] == [429, 429] and statuses[-1] == 200
     assert message.attachments
 
@@ -339,19 +360,26 @@ async def test_a_result_over_the_upload_limit_is_sent_smaller(start_bot, discord
     assert message.embeds[0]["image"]["url"] == f"attachment://{attachment.filename}"
 
 
-async def test_a_failed_delivery_is_tried_again(start_bot, discord_api, caplog):
+async def test_a_failed_delivery_is_tried_again_and_later_results_wait_for_it(start_bot, discord_api, caplog):
     running = await start_bot()
-    running.runner.delivery_retry_delays = (0.2,)
+    running.runner.delivery_retry_delays = (1.0,)
     await admin_command(discord_api, "pause")
     alice = discord_api.make_user("alice")
-    interaction = await imagine(discord_api, "a stubborn parcel", alice, seed=8)
+    first = await imagine(discord_api, "a stubborn parcel", alice, seed=8)
     await discord_api.wait_for(lambda: len(running.runner.queue) == 1)
-    discord_api.expire_token(interaction)  # so the result goes to the channel, where the failure waits
-    discord_api.fail_next("POST", r"/channels/\d+/messages", status=403, code=50013, message="Missing Permissions")
+    second = await imagine(discord_api, "the parcel after it", alice, seed=9)
+    await discord_api.wait_for(lambda: len(running.runner.queue) == 2)
+    discord_api.expire_token(first)  # so the result goes through the bot token, where the failure waits
+    discord_api.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=503, message="503: Service Unavailable")
     await admin_command(discord_api, "resume")
-    posted = await discord_api.wait_for(lambda: [m for m in discord_api.channel_messages() if m.attachments], 30)
-    await discord_api.wait_for(lambda: running.bot.store.get(1).state.value == "delivered")
-    assert len(posted) == 1 and posted[0].content.startswith(f"<@{alice.id}> here is your image")
-    refused = [r for r in discord_api.requests if r.method == "POST" and "/channels/" in r.path and r.status == 403]
-    assert len(refused) == 1
+    one = await delivered(discord_api, first, 30)
+    two = await delivered(discord_api, second, 30)
+    await discord_api.wait_for(lambda: running.bot.store.get(2).state.value == "delivered")
+    assert running.bot.store.get(1).state.value == "delivered"
+    failed = [r for r in discord_api.requests if r.method == "PATCH" and r.status == 503]
+    assert len(failed) == 1
     assert any("delivering job 1 failed (attempt 1); trying again" in record.message for record in caplog.records)
+    # Alice's second result, ready long before the retry, waited for her first: her order holds.
+    first_at = next(at for at, payload in one.history if payload.get("embeds"))
+    second_at = next(at for at, payload in two.history if payload.get("embeds"))
+    assert first_at < second_at

@@ -75,12 +75,10 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         kind="variations",
         parent_id=99,
         state=JobState.RUNNING,
-        interaction_id=SNOWFLAKE + 3,
         interaction_token="tok-en",
         token_created_at=NOW - 5,
         status_message_id=SNOWFLAKE + 4,
         result_message_id=SNOWFLAKE + 5,
-        result_channel_id=SNOWFLAKE + 6,
         output_files=["outputs/a.png", "outputs/b.png"],
         seeds=[4_294_967_295, 0],
         error="none yet",
@@ -114,12 +112,10 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         "kind": "reroll",
         "parent_id": None,
         "state": "done",  # a plain string is accepted and read back as the enum
-        "interaction_id": None,
         "interaction_token": None,
         "token_created_at": None,
         "status_message_id": None,
         "result_message_id": 11,
-        "result_channel_id": 12,
         "output_files": [Path("outputs/c.png")],
         "seeds": [5, 6],
         "error": None,
@@ -338,10 +334,14 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert store.update(old.id, delivery_attempts=1).delivery_attempts == 1
 
     conn = sqlite3.connect(data_dir / DB_FILE_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(jobs)")}
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()
     assert "jobs_user_created" in indexes
+    # Columns nothing read (interaction_id) or wrote (result_channel_id) are gone.
+    assert not {"interaction_id", "result_channel_id"} & columns
+    assert {"status_message_id", "result_message_id", "delivery_attempts"} <= columns
 
 
 def test_reopening_keeps_jobs_and_does_not_migrate_again(tmp_path: Path) -> None:
@@ -493,3 +493,23 @@ os.kill(os.getpid(), signal.SIGKILL)
         assert (job.state, job.result_message_id) == (JobState.DELIVERED, 9)
         assert not store.transition(job_id, [JobState.DONE], JobState.DELIVERED)
     assert os.path.getsize(tmp_path / DB_FILE_NAME) > 0
+
+
+def test_prune_works_in_small_batches_and_takes_undeliverable_jobs(store: JobStore, tmp_path: Path) -> None:
+    # Results Discord refused for good are finished too: they must not pile up.
+    old = NOW - 40 * DAY
+    files = []
+    for index in range(5):
+        path = tmp_path / f"old{index}.png"
+        path.write_bytes(b"png")
+        files.append(path)
+    states = [JobState.UNDELIVERABLE, JobState.DELIVERED, JobState.UNDELIVERABLE, JobState.FAILED, JobState.CANCELLED]
+    for state, path in zip(states, files, strict=True):
+        store.add(make_job(state=state, created_at=old, finished_at=old, output_files=[str(path)]))
+    kept = store.add(make_job(state=JobState.DONE, created_at=old))  # still owed to its requester
+
+    report = store.prune(older_than_days=30, output_dir=tmp_path, now=NOW, batch_size=2)
+
+    assert report == PruneReport(jobs_removed=5, files_removed=5, files_outside_output_dir=0)
+    assert not any(path.exists() for path in files)
+    assert [job.id for job in store.unfinished()] == [kept.id]

@@ -32,7 +32,10 @@ LONG = 180  # seconds to wait for anything that includes generating a SLOW job
 MODEL_READY, GATEWAY_UP = "model ready", "has connected to Gateway"
 FOOTER = re.compile(r"^Job (\d+) · ")
 JOB_BUTTON = re.compile(r"zimage:(?:cancel|reroll):(\d+)")
-RESTARTING = "⏸️ The bot is restarting. Your job is saved and will run when it is back."
+
+
+def restarting(job_id: int) -> str:
+    return f"⏸️ Job {job_id}: the bot is restarting. Your job is saved and will run when it is back."
 
 
 # ----- the bot process ---------------------------------------------------------------------------
@@ -247,7 +250,9 @@ def assert_no_traceback(*bots: BotProcess) -> None:
 
 
 def assert_posted_after_restart(message, user) -> None:
-    assert message.via == "channel"  # the interaction token did not survive the restart
+    """Delivered with the bot token: into the job's own message (found by its stored id), or, where that
+    message is not known, as a channel message."""
+    assert message.via == "channel" or message.interaction is not None
     assert message.content.startswith(f"<@{user.id}> ") and "the bot restarted" in message.content, message.content
     assert message.allowed_mentions == {"parse": [], "users": [int(user.id)]}
 
@@ -279,10 +284,15 @@ async def test_kill_9_twice_and_every_job_is_delivered_once_in_order(launch, dis
     killed_with = await asyncio.to_thread(stored_states, data_dir)
     assert killed_with == {1: "delivered", 2: "running", 3: "queued", 4: "queued", 5: "queued"}
     assert set(deliveries(discord_api)) == {1}
-    assert all(content(i).startswith("⏳ Queued") for i in (b1, a3, a4)), [content(i) for i in (b1, a3, a4)]
+    assert all(content(i).startswith(f"⏳ Job {job_id_of(i)} queued") for i in (b1, a3, a4)), [
+        content(i) for i in (b1, a3, a4)
+    ]
 
     # Life 2: killed again after Discord posted the first restarted delivery, before the bot heard back.
-    in_flight = discord_api.stall_next("POST", r"^/channels/\d+/messages$", when=lambda request: bool(request.files))
+    # The result goes into the job's own message, edited with the bot token by its stored id.
+    in_flight = discord_api.stall_next(
+        "PATCH", r"^/channels/\d+/messages/\d+$", when=lambda request: bool(request.files)
+    )
     second = await launch()
     await second.until(lambda: in_flight.caught, LONG, "a delivery after the restart")
     second.kill()
@@ -301,25 +311,19 @@ async def test_kill_9_twice_and_every_job_is_delivered_once_in_order(launch, dis
         job: [(m.id, m.via, m.content) for m in messages] for job, messages in posted.items()
     }
     assert posted[1][0] is made_before.original  # the result of life 1 was not posted again
-    # Each post of alice 2's pictures (life 2's, and any retry) asked Discord to refuse a duplicate.
-    attempts = [
-        r.body
-        for r in discord_api.requests
-        if r.method == "POST" and r.path.endswith("/messages") and "Job 2 · " in str(r.body)
-    ]
-    assert attempts and {(body.get("nonce"), body.get("enforce_nonce")) for body in attempts} == {
-        (attempts[0]["nonce"], True)
-    }
+    # Every attempt at alice 2's pictures (life 2's, and any retry) edited the same message: no duplicate.
+    attempts = {r.path for r in discord_api.requests if r.method == "PATCH" and "Job 2 · " in str(r.body)}
+    assert attempts == {f"/channels/{a2.original.channel_id}/messages/{a2.original.id}"}
+    assert not [r for r in discord_api.requests if r.method == "POST" and r.path.endswith("/messages")]
     for job, user in ((2, alice), (3, bob), (4, alice), (5, alice)):
         (message,) = posted[job]
         assert_posted_after_restart(message, user)
+        assert message is jobs[job].original
         assert message.custom_ids() == [f"zimage:{a}:{job}" for a in ("reroll", "variations", "info", "delete")]
         assert message.embeds[0]["title"] == jobs[job].payload["data"]["options"][0]["value"]
         assert len(message.attachments) == (3 if job == 2 else 1)
     alice_order = [delivered_at(posted[job][0]) for job in (1, 2, 4, 5)]
     assert alice_order == sorted(alice_order)
-    # The status messages of life 1 are left alone once the bot is gone; nothing was edited into them.
-    assert not any(i.original.attachments for i in (a2, b1, a3, a4))
 
     # Buttons on messages made by earlier lives answer in this one.
     info = await discord_api.click(posted[2][0], "zimage:info:2", user=bob)
@@ -366,8 +370,8 @@ async def test_sigterm_with_jobs_queued_then_restart(launch, discord_api, tmp_pa
     assert time.monotonic() - asked_at < 30
     # The waiting users were told, and their jobs kept; the running one was finished and delivered in its
     # own message, or (only on a machine too busy to finish it in the grace time) kept for after the restart.
-    for interaction in (bob_waits, alice_waits):
-        assert interaction.original.content == RESTARTING
+    for job, interaction in ((2, bob_waits), (3, alice_waits)):
+        assert interaction.original.content == restarting(job)
         assert interaction.original.components == []  # no Cancel button left that could not work
     after_life_1 = await asyncio.to_thread(stored_states, data_dir)
     finished_in_time = bool(running.original.attachments)
@@ -386,13 +390,11 @@ async def test_sigterm_with_jobs_queued_then_restart(launch, discord_api, tmp_pa
     assert_posted_after_restart(posted[2][0], bob)
     assert_posted_after_restart(posted[3][0], alice)
     assert [posted[job][0].embeds[0]["title"] for job in (2, 3)] == ["bob waits", "alice waits"]
-    # Their own messages, still editable a minute later, first said the jobs were queued again, then
-    # where the results went.
-    for interaction in (bob_waits, alice_waits):
+    # Their own messages first said the jobs were queued again, then received the results.
+    for job, interaction in ((2, bob_waits), (3, alice_waits)):
         texts = [payload.get("content") for _, payload in interaction.original.history]
-        assert any(text and text.startswith("🔄 The bot restarted; your job is saved") for text in texts), texts
-        assert texts[-1] == "✅ Done: the result is posted in this channel."
-        assert interaction.original.components == []
+        assert any(text and text.startswith(f"🔄 Job {job}: the bot restarted; your job is saved") for text in texts)
+        assert posted[job] == [interaction.original]
 
     # `model ready` came before each life's login and IDENTIFY, and the commands were synced once.
     assert_model_ready_before_connecting(first, discord_api, 0)
@@ -418,7 +420,7 @@ async def test_sigterm_starts_no_job_after_telling_users_it_is_saved(launch, dis
     first.terminate()
     assert await first.exit_status(35) == 0
     # What the waiting users were last told stays true: their jobs were saved, not started.
-    assert [bob_waits.original.content, alice_waits.original.content] == [RESTARTING, RESTARTING]
+    assert [bob_waits.original.content, alice_waits.original.content] == [restarting(2), restarting(3)]
     assert bob_waits.original.components == alice_waits.original.components == []
     finished_in_time = bool(running.original.attachments)  # else cancelled after the grace time, kept
     after = {1: "delivered" if finished_in_time else "queued", 2: "queued", 3: "queued"}
@@ -501,7 +503,7 @@ async def test_kill_9_after_the_result_was_shown(launch, discord_api, tmp_path):
     first = await launch()
     await first.ready()
     result_edit = discord_api.stall_next(
-        "PATCH", r"^/webhooks/\d+/[^/]+/messages/@original$", when=lambda request: bool(request.files)
+        "PATCH", r"^/webhooks/\d+/[^/]+/messages/(@original|\d+)$", when=lambda request: bool(request.files)
     )
     interaction = await submit(first, "alice's picture", alice, seed=1)
     await first.until(lambda: result_edit.caught, 30, "the result")

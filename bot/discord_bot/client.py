@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin", "cogs.history")
 SYNC_STATE_FILE = "command-sync.json"
-SHUTDOWN_GRACE = 25.0  # the contract allows 30 s for the running job; keep a margin for closing
+SHUTDOWN_TIMEOUT = 25.0  # the contract allows 30 s for the whole shutdown; keep a margin for closing
 
 
 class LoginRejected(RuntimeError):
@@ -61,7 +61,9 @@ class ZImageBot(commands.Bot):
                 await self.load_extension(extension)
             except Exception:
                 log.exception("could not load %s; the other features still work", extension)
-        presenter = DiscordJobPresenter(self, model_id=self.settings.model_id, paused=lambda: self.runner.queue.paused)
+        presenter = DiscordJobPresenter(
+            self, model_id=self.settings.model_id, paused=lambda: self.runner.queue.paused, health=self.runner.health
+        )
         await self.runner.start(presenter)
         await self.sync_commands_if_changed()
 
@@ -119,9 +121,14 @@ class ZImageBot(commands.Bot):
             log.info("shutting down: no new jobs; finishing or cancelling the running one")
             self._shutdown_task = asyncio.create_task(self._shutdown())
 
+    async def shutdown_finished(self) -> None:
+        """Wait for a shutdown that `request_shutdown` started (returns at once if none was)."""
+        if self._shutdown_task is not None:
+            await self._shutdown_task
+
     async def _shutdown(self) -> None:
         try:
-            await self.runner.stop(grace=SHUTDOWN_GRACE)
+            await self.runner.stop(timeout=SHUTDOWN_TIMEOUT)
         finally:
             await self.close()
 
@@ -153,8 +160,7 @@ async def serve(bot: ZImageBot, token: str) -> None:
                 "Discord rejected DISCORD_TOKEN (401). Copy a fresh token from the Developer Portal "
                 "(your app > Bot > Reset Token) into .env."
             ) from error
-    if bot._shutdown_task is not None:
-        await bot._shutdown_task
+    await bot.shutdown_finished()
 
 
 def run_bot(settings: Settings, service, store: JobStore, token: str) -> None:

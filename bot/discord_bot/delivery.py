@@ -1,9 +1,11 @@
 """Showing jobs in Discord: throttled status edits, and delivery that survives an expired token.
 
 A job's status and result live in the message its interaction created, edited through the
-interaction's webhook token. That token dies after 15 minutes (and is not used across a restart), so
-a result that comes later is posted to the channel with the bot token instead, mentioning only the
-requester, with a nonce so a retry after a crash cannot post it twice.
+interaction's webhook token. That token dies after 15 minutes (and may be gone after a restart), so
+later the same message, whose id is stored with the job, is edited with the bot token instead. Only
+when that message cannot be edited is the result posted to the channel (mentioning only the
+requester, with a nonce so a retry after a crash cannot post it twice), and when the channel refuses
+it for good (no access, channel gone), sent to the requester directly.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import asyncio
 import io
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 import discord
 
 from bot.discord_bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
 from bot.image_files import files_for_upload
-from bot.jobs.runner import ActiveJob, OutputFile
+from bot.jobs.health import TaskHealth
+from bot.jobs.runner import ActiveJob, OutputFile, Undeliverable
+from bot.jobs.store import JobState
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +33,10 @@ log = logging.getLogger(__name__)
 MIN_EDIT_INTERVAL = 1.5
 # Stop using the interaction token a little before its 15 minutes are up.
 TOKEN_LIFETIME = 14 * 60
-# The interaction's own message in webhook routes; discord.py types message ids as int, so Any.
-ORIGINAL: Any = "@original"
 # Error codes that mean "this interaction token can no longer be used".
 DEAD_TOKEN_CODES = {50027, 10015, 10062, 10008}
+ORIGINAL = "@original"
+REMEMBERED_FINAL = 4096  # the interaction's own message, for a job whose message id is not known
 
 
 @dataclass
@@ -46,24 +51,28 @@ class _LiveMessage:
 
 
 class DiscordJobPresenter:
-    def __init__(self, bot: discord.Client, *, model_id: str, paused: Callable[[], bool]) -> None:
+    def __init__(
+        self, bot: discord.Client, *, model_id: str, paused: Callable[[], bool], health: TaskHealth | None = None
+    ) -> None:
         self.bot = bot
         self.model_id = model_id
         self._paused = paused
+        self.health = health or TaskHealth()
         self._live: dict[int, _LiveMessage] = {}
+        # Jobs whose message holds its final text: a late update must never show them again. Late
+        # updates come within seconds, so the most recent few thousand are enough to remember.
+        self._final: OrderedDict[int, None] = OrderedDict()
         self._notices: dict[int, asyncio.Task] = {}  # "the bot restarted" edits still in flight
 
     # ----- live status -----------------------------------------------------------------------
 
     def show(self, job: ActiveJob) -> None:
-        if not self._token_usable(job):
+        if job.job_id in self._final or not self._token_usable(job):
             return
         live = self._live.setdefault(job.job_id, _LiveMessage())
-        if live.finished:
-            return
         live.dirty = True
         if live.task is None or live.task.done():
-            live.task = asyncio.create_task(self._edit_loop(job, live), name=f"status-{job.job_id}")
+            live.task = self.health.spawn(self._edit_loop(job, live), name=f"status-{job.job_id}")
 
     async def _edit_loop(self, job: ActiveJob, live: _LiveMessage) -> None:
         while live.dirty and not live.finished:
@@ -73,13 +82,16 @@ class DiscordJobPresenter:
             if live.finished:
                 return
             live.dirty = False
+            webhook = self._token_webhook(job)
+            if webhook is None:
+                return  # the token just aged out: the result goes out with the bot token later
             async with live.lock:
                 if live.finished:
                     return
                 live.last_edit = time.monotonic()
                 try:
-                    await self._webhook(job).edit_message(
-                        ORIGINAL,
+                    await webhook.edit_message(
+                        _own_id(job),
                         content=status_text(job, self._paused()),
                         view=cancel_view(job.job_id),
                         embeds=[],
@@ -92,6 +104,9 @@ class DiscordJobPresenter:
 
     async def _finish_live(self, job: ActiveJob) -> None:
         """No status edit may land after the final message, so wait for the one in flight."""
+        self._final[job.job_id] = None
+        if len(self._final) > REMEMBERED_FINAL:
+            self._final.popitem(last=False)
         live = self._live.pop(job.job_id, None)
         if live is None:
             return
@@ -104,17 +119,12 @@ class DiscordJobPresenter:
     async def conclude(self, job: ActiveJob, text: str) -> None:
         await self._finish_live(job)
         await self._after_notice(job)
-        if self._token_usable(job):
-            try:
-                await self._webhook(job).edit_message(ORIGINAL, content=text, view=None, embeds=[], attachments=[])
-                return
-            except discord.HTTPException as error:
-                if not _token_dead(error):
-                    raise
-        if job.resumed or job.record.state.value in ("failed", "cancelled"):
+        if await self._edit_own(job, content=text, view=None, embeds=[], attachments=[]):
+            return
+        if job.resumed or job.record.state in (JobState.FAILED, JobState.CANCELLED):
             await self._channel(job).send(f"<@{job.user_id}> {text}", allowed_mentions=_only(job.user_id))
 
-    async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
+    async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> int | None:
         await self._finish_live(job)
         await self._after_notice(job)
         uploads, as_jpeg = await asyncio.to_thread(files_for_upload, [f.path for f in files], job.attachment_size_limit)
@@ -130,77 +140,140 @@ class DiscordJobPresenter:
         )
         if job.resumed and record.delivery_attempts > 1 and await self._already_shown(job):
             log.info("job %d: its result is already in its message; not posting it again", job.job_id)
-            return
-        if self._token_usable(job):
+            return None
+        # After a restart the result goes out with the bot token, mentioning the requester (CONTRACT.md).
+        webhook = self._token_webhook(job) if not job.resumed else None
+        if webhook is not None:
             try:
-                await self._webhook(job).edit_message(
-                    ORIGINAL,
+                await webhook.edit_message(
+                    _own_id(job),
                     content=kept.strip() or None,
                     embed=embed,
                     attachments=_files(uploads),
                     view=result_view(job.job_id),
                 )
-                return
+                return None
             except discord.HTTPException as error:
                 if not _token_dead(error):
                     raise
-                log.info(
-                    "job %d: interaction token no longer valid (%s); posting to the channel", job.job_id, error.code
-                )
+                log.info("job %d: interaction token no longer valid (%s); using the bot token", job.job_id, error.code)
         reason = "the bot restarted" if job.resumed else "the request took longer than Discord allows for replies"
-        await self._channel(job).send(
-            f"<@{job.user_id}> here is your image (posted here because {reason}).{kept}",
-            embed=embed,
-            files=_files(uploads),
-            view=result_view(job.job_id),
-            allowed_mentions=_only(job.user_id),
-            nonce=f"zimage-job-{job.job_id}"[:25],  # Discord refuses a second message with this nonce
-        )
-        webhook = self._restarted_webhook(job)
-        if webhook is not None:
-            await self._edit_quietly(job, webhook, content="✅ Done: the result is posted in this channel.", view=None)
+        if record.status_message_id is not None:
+            try:
+                await (
+                    self._channel(job)
+                    .get_partial_message(record.status_message_id)
+                    .edit(
+                        content=f"<@{job.user_id}> here is your image ({reason}).{kept}",
+                        embed=embed,
+                        attachments=_files(uploads),
+                        view=result_view(job.job_id),
+                        allowed_mentions=_only(job.user_id),
+                    )
+                )
+                return None
+            except discord.HTTPException as error:
+                if not _permanent(error):
+                    raise
+                log.info("job %d: its message cannot be edited (%s); posting to the channel", job.job_id, error)
+        try:
+            message = await self._channel(job).send(
+                f"<@{job.user_id}> here is your image (posted here because {reason}).{kept}",
+                embed=embed,
+                files=_files(uploads),
+                view=result_view(job.job_id),
+                allowed_mentions=_only(job.user_id),
+                nonce=f"zimage-job-{job.job_id}"[:25],  # Discord refuses a second message with this nonce
+            )
+            return message.id
+        except discord.HTTPException as error:
+            if not _permanent(error):
+                raise
+            refused = error
+        log.warning("job %d: the channel refuses the result (%s); sending it to the requester", job.job_id, refused)
+        return await self._send_directly(job, uploads, embed, refused)
+
+    async def _send_directly(
+        self, job: ActiveJob, uploads: list[tuple[str, bytes]], embed: discord.Embed, refused: discord.HTTPException
+    ) -> int:
+        """The channel refused the result for good: a direct message to the requester is the last way."""
+        why = _describe(refused)
+        try:
+            channel = await self.bot.create_dm(discord.Object(job.user_id))
+            message = await channel.send(
+                f"Job {job.job_id}: your image could not be posted in <#{job.record.channel_id}> ({why}), "
+                "so here it is.",
+                embed=embed,
+                files=_files(uploads),
+                view=result_view(job.job_id),
+            )
+        except discord.HTTPException as error:
+            if not _permanent(error):
+                raise
+            raise Undeliverable(
+                f"the channel refused it ({why}) and so did a direct message to the requester ({_describe(error)})"
+            ) from error
+        return message.id
 
     def resumed(self, job: ActiveJob) -> None:
-        """Tell the requester, in the job's own message while its token still works, that the job
-        survived the restart and where its result will appear (in the background: a start does not
-        wait for these edits, but the job's final message waits for its notice)."""
-        webhook = self._restarted_webhook(job)
-        if webhook is not None:
-            self._notices[job.job_id] = asyncio.create_task(
-                self._edit_quietly(
-                    job,
-                    webhook,
-                    content=f"🔄 The bot restarted; your job is saved and queued again. "
-                    f"The result will be posted in this channel.\n{quote(job.request.prompt)}",
-                    view=cancel_view(job.job_id),
-                )
-            )
+        """Tell the requester, in the job's own message, that the job survived the restart (in the
+        background: a start does not wait for these edits, but the job's final message waits for its notice)."""
+        if job.record.status_message_id is None and self._token_webhook(job) is None:
+            return
+        self._notices[job.job_id] = self.health.spawn(
+            self._edit_quietly(
+                job,
+                content=f"🔄 Job {job.job_id}: the bot restarted; your job is saved and queued again. "
+                f"The result will be posted here.\n{quote(job.request.prompt)}",
+                view=cancel_view(job.job_id),
+            ),
+            name=f"restart-notice-{job.job_id}",
+        )
 
     async def _after_notice(self, job: ActiveJob) -> None:
         notice = self._notices.pop(job.job_id, None)
         if notice is not None:
-            await notice
+            await asyncio.wait([notice])  # its own failure is logged; the final message goes out regardless
 
-    async def _edit_quietly(self, job: ActiveJob, webhook: discord.Webhook, **changes) -> None:
+    async def _edit_quietly(self, job: ActiveJob, **changes) -> None:
         try:
-            await webhook.edit_message(ORIGINAL, **changes)
-        except Exception as error:  # best effort: the result itself goes to the channel regardless
+            await self._edit_own(job, **changes)
+        except Exception as error:  # best effort: the result itself is delivered regardless
             log.warning("could not update the message of job %d: %s", job.job_id, error)
 
-    def _restarted_webhook(self, job: ActiveJob) -> discord.Webhook | None:
-        """The interaction webhook of a job from before the restart, while its token is still valid."""
-        token = job.record.interaction_token
-        if token is None or job.token_age >= TOKEN_LIFETIME or self.bot.application_id is None:
-            return None
-        return discord.Webhook.partial(self.bot.application_id, token, client=self.bot)
+    async def _edit_own(self, job: ActiveJob, **changes) -> bool:
+        """Edit the job's own message: through the interaction token while it lives, else with the bot
+        token by its stored id. False when neither can reach it; raises on a passing failure."""
+        webhook = self._token_webhook(job)
+        if webhook is not None:
+            try:
+                await webhook.edit_message(_own_id(job), **changes)
+                return True
+            except discord.HTTPException as error:
+                if not _token_dead(error):
+                    raise
+        if job.record.status_message_id is None:
+            return False
+        try:
+            await self._channel(job).get_partial_message(job.record.status_message_id).edit(**changes)
+            return True
+        except discord.HTTPException as error:
+            if _permanent(error):
+                log.info("job %d: its message cannot be edited with the bot token: %s", job.job_id, error)
+                return False
+            raise
 
     async def _already_shown(self, job: ActiveJob) -> bool:
         """Whether an attempt before the restart put the result into the job's own message."""
-        webhook = self._restarted_webhook(job)
-        if webhook is None:
-            return False  # (a stored status_message_id would allow this check with the bot token)
+        message: discord.Message
         try:
-            message = await webhook.fetch_message(ORIGINAL)
+            webhook = self._token_webhook(job)
+            if webhook is not None:
+                message = await webhook.fetch_message(_own_id(job))
+            elif job.record.status_message_id is not None:
+                message = await self._channel(job).fetch_message(job.record.status_message_id)
+            else:
+                return False
         except discord.HTTPException:
             return False
         return bool(message.attachments) and any(
@@ -210,6 +283,7 @@ class DiscordJobPresenter:
     # ----- plumbing ----------------------------------------------------------------------------
 
     def _token_usable(self, job: ActiveJob) -> bool:
+        """Whether live status edits may go through the interaction token (jobs of this process only)."""
         return (
             not job.resumed
             and job.record.interaction_token is not None
@@ -217,16 +291,35 @@ class DiscordJobPresenter:
             and job.token_age < TOKEN_LIFETIME
         )
 
-    def _webhook(self, job: ActiveJob) -> discord.Webhook:
-        assert job.application_id is not None and job.record.interaction_token is not None, "see _token_usable"
-        return discord.Webhook.partial(job.application_id, job.record.interaction_token, client=self.bot)
+    def _token_webhook(self, job: ActiveJob) -> discord.Webhook | None:
+        """The interaction webhook while its token is still young (also for a job from before a restart)."""
+        application_id = job.application_id or self.bot.application_id
+        if job.record.interaction_token is None or application_id is None or job.token_age >= TOKEN_LIFETIME:
+            return None
+        return discord.Webhook.partial(application_id, job.record.interaction_token, client=self.bot)
 
     def _channel(self, job: ActiveJob) -> discord.PartialMessageable:
         return self.bot.get_partial_messageable(job.record.channel_id, guild_id=job.record.guild_id)
 
 
+def _own_id(job: ActiveJob) -> int:
+    """The job's own message id; "@original" (which the webhook API also takes) only for a job whose
+    acknowledgement never told the bot the id, e.g. when it crashed right then."""
+    return job.record.status_message_id or cast(int, ORIGINAL)
+
+
 def _token_dead(error: discord.HTTPException) -> bool:
     return error.status == 401 or error.code in DEAD_TOKEN_CODES
+
+
+def _permanent(error: discord.HTTPException) -> bool:
+    """Missing access or permissions (403: 50001, 50013, 50007), an unknown channel or message (404:
+    10003, 10008): trying again cannot help. 5xx, 429 and network failures pass and are retried."""
+    return error.status in (403, 404)
+
+
+def _describe(error: discord.HTTPException) -> str:
+    return f"{error.status} {error.text or error.response.reason}".strip()
 
 
 def _only(user_id: int) -> discord.AllowedMentions:

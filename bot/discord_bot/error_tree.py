@@ -48,10 +48,26 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
     await send_private(interaction, text)
 
 
+# Set in Interaction.extras while the answer is a public "thinking" message that no followup replaced yet.
+_PUBLIC_THINKING = "zimage-public-thinking"
+
+
+def answer_privately_from_now_on(interaction: discord.Interaction) -> None:
+    """Call after a public defer: an error from here on removes the public "thinking" message and is
+    told privately, rather than (as the first followup would) becoming the public message itself."""
+    interaction.extras[_PUBLIC_THINKING] = True
+
+
 async def send_private(interaction: discord.Interaction, text: str) -> None:
     """Answer ephemerally through whichever route is still open: response, followup, or nothing."""
     try:
-        if interaction.response.is_done():
+        if interaction.extras.pop(_PUBLIC_THINKING, False):
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException as error:
+                log.warning("could not remove the public message of user %s: %s", interaction.user.id, error)
+            await interaction.followup.send(text, ephemeral=True)
+        elif interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True)
         else:
             await interaction.response.send_message(text, ephemeral=True)

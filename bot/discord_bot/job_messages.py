@@ -1,22 +1,64 @@
 """What a job looks like in Discord: status text, the result embed, and the buttons under it.
 
-The buttons are discord.py DynamicItems whose custom_id carries the job id (`zimage:ACTION:ID`), so
-they work on every message the bot ever posted, across restarts. Their behaviour lives in the
-generation cog; this module only builds them.
+The buttons are one discord.py DynamicItem, `JobButton`, whose custom_id carries the action and the
+job id (`zimage:ACTION:ID`, made here and nowhere else), so they work on every message the bot ever
+posted, across restarts. Views hold the DynamicItem itself, as discord.py's dynamic_counter example
+does; what a click does lives in the generation cog.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import discord
 
 from bot.generation import GenerationRequest
 
 BUTTON_PREFIX = "zimage"
+BUTTON_ACTIONS = ("reroll", "variations", "info", "delete", "cancel")
 PROMPT_PREVIEW = 300
+BUTTONS_COG = "Generation"  # the cog that answers clicks
 
 
 def button_id(action: str, job_id: int) -> str:
     return f"{BUTTON_PREFIX}:{action}:{job_id}"
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=re.escape(BUTTON_PREFIX) + r":(?P<action>" + "|".join(BUTTON_ACTIONS) + r"):(?P<job_id>\d+)",
+):
+    """Any button on a job's message, before or after a restart: the job id is in the custom_id."""
+
+    def __init__(
+        self,
+        action: str,
+        job_id: int,
+        *,
+        label: str | None = None,
+        emoji: str | None = None,
+        style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+    ) -> None:
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=button_id(action, job_id)))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> JobButton:
+        return cls(match["action"], int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        handler: Any = interaction.client.get_cog(BUTTONS_COG)  # type: ignore[attr-defined]
+        if handler is None:
+            await interaction.response.send_message("Image generation is not available right now.", ephemeral=True)
+            return
+        try:
+            await handler.on_button(interaction, self.action, self.job_id)
+        except Exception as error:
+            await handler.on_button_error(interaction, error)
 
 
 def quote(text: str, limit: int = PROMPT_PREVIEW) -> str:
@@ -34,16 +76,16 @@ def format_seconds(seconds: float) -> str:
 
 
 def status_text(job, paused: bool) -> str:
-    """The live line of a waiting or running job (`job` is a job_runner.ActiveJob)."""
+    """The live line of a waiting or running job (`job` is a runner.ActiveJob)."""
     prompt = quote(job.request.prompt)
     if job.progress is not None:
         step = job.progress
         image = f" · image {step.image_index + 1} of {job.request.count}" if job.request.count > 1 else ""
-        return f"🎨 Generating: step {step.step} of {step.total}{image}\n{prompt}"
+        return f"🎨 Job {job.job_id} generating: step {step.step} of {step.total}{image}\n{prompt}"
     wait = f", about {format_seconds(job.eta_seconds)} to wait" if job.eta_seconds else ""
     if paused:
-        return f"⏸️ Queue paused by an admin. You are number {job.position or '?'} in line.\n{prompt}"
-    return f"⏳ Queued: number {job.position or '?'} in line{wait}.\n{prompt}"
+        return f"⏸️ Job {job.job_id}: queue paused by an admin. You are number {job.position or '?'} in line.\n{prompt}"
+    return f"⏳ Job {job.job_id} queued: number {job.position or '?'} in line{wait}.\n{prompt}"
 
 
 def result_embed(
@@ -89,34 +131,29 @@ def info_embed(record, model_id: str) -> discord.Embed:
         embed.add_field(name="Negative prompt", value=record.negative_prompt[:1024], inline=False)
     if record.seconds is not None:
         embed.add_field(name="Time", value=format_seconds(record.seconds))
+    if record.error:
+        embed.add_field(name="What happened", value=record.error[:1024], inline=False)
     embed.add_field(name="Requested by", value=f"<@{record.user_id}>")
     embed.add_field(name="Kind", value=record.kind + (f" of job {record.parent_id}" if record.parent_id else ""))
     embed.set_footer(text=model_id)
     return embed
 
 
-def _button(label: str, emoji: str, action: str, job_id: int, style: discord.ButtonStyle) -> discord.ui.Button:
-    return discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=button_id(action, job_id))
-
-
-def _static_view(*buttons: discord.ui.Button) -> discord.ui.View:
+def _view(*buttons: JobButton) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for button in buttons:
         view.add_item(button)
-    # The clicks are handled by DynamicItems registered on the bot, not by this view, so it is
-    # stopped before sending: discord.py then serialises it without keeping it in memory forever.
-    view.stop()
     return view
 
 
 def result_view(job_id: int) -> discord.ui.View:
-    return _static_view(
-        _button("Reroll", "🎲", "reroll", job_id, discord.ButtonStyle.primary),
-        _button("Variations", "🔀", "variations", job_id, discord.ButtonStyle.secondary),
-        _button("Info", "ℹ️", "info", job_id, discord.ButtonStyle.secondary),
-        _button("Delete", "🗑️", "delete", job_id, discord.ButtonStyle.danger),
+    return _view(
+        JobButton("reroll", job_id, label="Reroll", emoji="🎲", style=discord.ButtonStyle.primary),
+        JobButton("variations", job_id, label="Variations", emoji="🔀"),
+        JobButton("info", job_id, label="Info", emoji="ℹ️"),
+        JobButton("delete", job_id, label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger),
     )
 
 
 def cancel_view(job_id: int) -> discord.ui.View:
-    return _static_view(_button("Cancel", "✖️", "cancel", job_id, discord.ButtonStyle.secondary))
+    return _view(JobButton("cancel", job_id, label="Cancel", emoji="✖️"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 
@@ -17,11 +17,13 @@ class QueueRefusal(Exception):
     """The job was not accepted; the message tells the user why and what to do."""
 
 
+SHUTTING_DOWN = "The bot is shutting down and not taking new jobs; try again in a minute."
+
+
 @dataclass(eq=False)
 class QueueEntry:
     job_id: int
     user_id: int
-    payload: object = field(default=None, repr=False)
 
 
 Entry = TypeVar("Entry", bound=QueueEntry)
@@ -45,7 +47,7 @@ class GenerationQueue(Generic[Entry]):
     def check_admission(self, user_id: int) -> None:
         """Raise QueueRefusal if a new job from `user_id` would not be accepted right now."""
         if self._closed:
-            raise QueueRefusal("The bot is shutting down and not taking new jobs; try again in a minute.")
+            raise QueueRefusal(SHUTTING_DOWN)
         if len(self) + sum(self._reserved.values()) >= self.max_queue:
             raise QueueRefusal(f"The queue is full ({self.max_queue} jobs waiting). Try again when it has gone down.")
         if self.jobs_of(user_id) + self._reserved[user_id] >= self.max_jobs_per_user:
@@ -66,7 +68,12 @@ class GenerationQueue(Generic[Entry]):
 
     async def put(self, entry: Entry, *, reserved: bool = False, bypass_limits: bool = False) -> None:
         """Add a job: into a place `reserve`d for it, or after checking the limits now.
-        `bypass_limits` is for jobs accepted before a restart, which were promised already."""
+        `bypass_limits` is for jobs accepted before a restart, which were promised already.
+        After `close` nothing new goes in: QueueRefusal (a reservation is given back)."""
+        if self._closed and not bypass_limits:
+            if reserved:
+                self.release(entry.user_id)
+            raise QueueRefusal(SHUTTING_DOWN)
         if reserved:
             self.release(entry.user_id)
         elif not bypass_limits:

@@ -1,15 +1,17 @@
 """From an accepted job to a delivered picture: the queue, the one GPU worker and the delivery line.
 
 Every job is written to the store when it is accepted and moves QUEUED -> RUNNING -> DONE ->
-DELIVERED there, so a restart resumes exactly what was promised. Two asyncio tasks do the work:
-the worker hands one job at a time to the model service's GPU thread; the delivery task encodes,
-saves and posts results in acceptance order, off the GPU's critical path, so the GPU starts the next
-job while the previous one is still being encoded and uploaded.
+DELIVERED there (or FAILED, CANCELLED, UNDELIVERABLE), so a restart resumes exactly what was promised.
+Two asyncio loops do the work: the worker hands one job at a time to the model service's GPU thread;
+the delivery line encodes, saves and posts results in acceptance order, off the GPU's critical path,
+so the GPU starts the next job while the previous one is still being encoded and uploaded. Both run
+under TaskHealth: a failure is logged, shown in /status, and the loop restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +28,9 @@ from bot.generation import (
 )
 from bot.image_files import save_png
 from bot.image_size import ImageSize
-from bot.jobs.queue import GenerationQueue, QueueEntry
+from bot.jobs.health import TaskHealth
+from bot.jobs.queue import GenerationQueue, QueueEntry, QueueRefusal
+from bot.jobs.retention import apply_retention
 from bot.jobs.store import JobRecord, JobState, JobStore
 from bot.settings import Settings
 
@@ -34,10 +38,20 @@ log = logging.getLogger(__name__)
 
 # Discord attachments are limited per message; this is the unboosted server's limit.
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
-RETENTION_INTERVAL = 6 * 3600  # how often old jobs and their images are pruned
 # Waits before trying a failed delivery again (Discord down, a network blip); after the last one the
 # job stays DONE in the store and is tried again at the next start.
 DELIVERY_RETRY_DELAYS = (10.0, 60.0, 300.0, 900.0)
+# Shutdown: the whole stop, notices included, ends within SHUTDOWN_TIMEOUT; the running job is cancelled
+# CANCEL_BEFORE seconds before that, so it can stop at a step's end and its state be written.
+SHUTDOWN_TIMEOUT = 25.0
+CANCEL_BEFORE = 8.0
+NOTICE_CONCURRENCY = 8  # "the bot is restarting" edits in flight at once: parallel, but polite to Discord
+RESTARTING = "⏸️ Job {job_id}: the bot is restarting. Your job is saved and will run when it is back."
+
+
+class Undeliverable(Exception):
+    """Discord refused the result for good (no access to the channel, the channel is gone) and the
+    requester could not be sent it directly either; the message says what happened."""
 
 
 @dataclass(eq=False)
@@ -73,8 +87,10 @@ class JobPresenter(Protocol):
     def show(self, job: ActiveJob) -> None:
         """Schedule a (throttled) update of the job's message from its live state."""
 
-    async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
-        """Post the result; raise if it could not be posted anywhere."""
+    async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> int | None:
+        """Post the result; returns the id of a new message that holds it (None when it went into the
+        job's own message). Raises Undeliverable when it never can be posted, anything else when
+        trying again later may work."""
 
     async def conclude(self, job: ActiveJob, text: str) -> None:
         """Replace the job's message with a final text (cancelled, failed, shutting down)."""
@@ -124,11 +140,15 @@ class JobRunner:
             max_queue=settings.max_queue, max_jobs_per_user=settings.max_jobs_per_user
         )
         self.presenter: JobPresenter | None = None
+        self.health = TaskHealth()
         self._finished: asyncio.Queue[tuple[ActiveJob, GenerationResult | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self.delivery_retry_delays = DELIVERY_RETRY_DELAYS
         self._delivery_failures: dict[int, int] = {}  # job id -> failed attempts in this process
         self._retries: set[asyncio.Task] = set()
+        # A requester's results are posted in their order, also when one needs a retry: later ones wait.
+        self._retrying: dict[int, set[int]] = {}  # user id -> ids of their jobs waiting for a retry
+        self._held: dict[int, list[ActiveJob]] = {}  # user id -> saved jobs waiting behind those
         self._stopping = False
         self.started_at = time.time()
 
@@ -137,34 +157,61 @@ class JobRunner:
     async def start(self, presenter: JobPresenter) -> None:
         self.presenter = presenter
         await self._resume_unfinished()
+        keep = self.health.keep_running
         self._tasks = [
-            asyncio.create_task(self._work(), name="gpu-worker"),
-            asyncio.create_task(self._deliver_results(), name="delivery"),
-            asyncio.create_task(self._apply_retention(), name="retention"),
+            asyncio.create_task(keep("GPU worker", self._work), name="gpu-worker"),
+            asyncio.create_task(keep("delivery line", self._deliver_results), name="delivery"),
+            asyncio.create_task(
+                keep("retention", lambda: apply_retention(self.store, self.settings, self.health)), name="retention"
+            ),
         ]
 
-    async def stop(self, grace: float = 25.0) -> None:
-        """Stop taking jobs, tell waiting users, let the running job finish (or cancel it after
-        `grace` seconds; it stays queued in the store and runs after the next start)."""
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def stop(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Stop taking jobs, tell waiting users (in parallel, best effort), let the running job finish
+        or cancel it (it stays queued in the store and runs after the next start), and deliver the
+        results already made: all of it within `timeout` seconds."""
         if self._stopping:
             return
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.0, deadline - reserve - loop.time())
+
         waiting = self.queue.close()
-        for job in waiting:
-            await self._conclude(job, "⏸️ The bot is restarting. Your job is saved and will run when it is back.")
+        notices = asyncio.create_task(self._tell_waiting(waiting), name="shutdown-notices")
         running = self.queue.running
-        if running is not None and not await self.queue.wait_for(lambda: self.queue.running is not running, grace):
+        if running is not None and not await self.queue.wait_for(
+            lambda: self.queue.running is not running, left(CANCEL_BEFORE)
+        ):
             log.info("cancelling job %d for shutdown; it will run again after restart", running.job_id)
             running.cancel.cancel()  # the GPU thread stops at the end of the current step
-            await self.queue.wait_for(lambda: self.queue.running is not running, 5.0)
+            await self.queue.wait_for(lambda: self.queue.running is not running, left(CANCEL_BEFORE / 2))
         # Results already made are delivered before the process exits.
         try:
-            await asyncio.wait_for(self._finished.join(), timeout=10.0)
+            await asyncio.wait_for(self._finished.join(), timeout=left(1.0))
         except asyncio.TimeoutError:
             log.warning("some results were not delivered before shutdown; they will be after restart")
-        for task in (*self._tasks, *self._retries):
+        done, _ = await asyncio.wait([notices], timeout=left())
+        if not done:
+            log.warning("not every waiting user was told about the restart in time; their jobs are saved")
+        for task in (notices, *self._tasks, *self._retries):
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._retries, return_exceptions=True)
+        await asyncio.gather(notices, *self._tasks, *self._retries, return_exceptions=True)
+
+    async def _tell_waiting(self, waiting: list[ActiveJob]) -> None:
+        limit = asyncio.Semaphore(NOTICE_CONCURRENCY)
+
+        async def tell(job: ActiveJob) -> None:
+            async with limit:
+                await self._conclude(job, RESTARTING.format(job_id=job.job_id))
+
+        await asyncio.gather(*(tell(job) for job in waiting))
 
     # ----- accepting ---------------------------------------------------------------------------
 
@@ -185,19 +232,48 @@ class JobRunner:
     async def discard(self, record: JobRecord) -> None:
         """A recorded job whose acknowledgement failed: the user never saw it accepted."""
         self.queue.release(record.user_id)
+        await self._cancel_unqueued(record)
+
+    async def _cancel_unqueued(self, record: JobRecord) -> None:
         assert record.id is not None, "a recorded job has an id"
         await asyncio.to_thread(
             self.store.transition, record.id, [JobState.QUEUED], JobState.CANCELLED, finished_at=time.time()
         )
 
-    async def accept(self, record: JobRecord, *, application_id: int | None, attachment_size_limit: int) -> ActiveJob:
-        """Queue a recorded job in the place reserved for it (a job not yet recorded is recorded first)."""
+    async def accept(
+        self,
+        record: JobRecord,
+        *,
+        application_id: int | None,
+        attachment_size_limit: int,
+        status_message_id: int | None = None,
+    ) -> ActiveJob:
+        """Queue a recorded job in the place reserved for it (a job not yet recorded is recorded first).
+
+        `status_message_id` is the job's own message, stored at once so that it can be found after a
+        restart. Raises QueueRefusal (and cancels the job) when shutdown began since the reservation.
+        """
         if record.id is None:
             record = await self.record(record)
+        if status_message_id is not None:
+            record = await self._remember_message(record, status_message_id)
         job = self._activate(record, application_id=application_id, attachment_size_limit=attachment_size_limit)
-        await self.queue.put(job, reserved=True)
+        try:
+            await self.queue.put(job, reserved=True)
+        except QueueRefusal:
+            await self._cancel_unqueued(record)
+            raise
         self._refresh_positions()
         return job
+
+    async def _remember_message(self, record: JobRecord, message_id: int) -> JobRecord:
+        assert record.id is not None
+        try:
+            return await asyncio.to_thread(self.store.update, record.id, status_message_id=message_id)
+        except Exception as error:  # the job still runs; only a restart would have to post it anew
+            log.warning("job %s: could not store its message id: %s", record.id, error)
+            self.health.note("job store", error)
+            return dataclasses.replace(record, status_message_id=message_id)
 
     def _activate(self, record: JobRecord, **kwargs) -> ActiveJob:
         assert record.id is not None
@@ -214,7 +290,7 @@ class JobRunner:
         if job is not None:
             job.cancelled_by = by_user
             await self._mark(job, JobState.CANCELLED, finished_at=time.time())
-            await self._conclude(job, "🚫 Cancelled before it started.")
+            await self._conclude(job, f"🚫 Job {job_id} cancelled before it started.")
             self._refresh_positions()
             return "cancelled before it started"
         running = self.queue.running
@@ -233,13 +309,16 @@ class JobRunner:
     async def _work(self) -> None:
         while True:
             job = await self.queue.get()
-            self._refresh_positions()
             try:
+                self._refresh_positions()
                 await self._run(job)
-            except Exception:
-                # One bad job must never stop the worker.
+            except Exception as error:
+                # One bad job (or a store that refuses a write) must never stop the worker.
                 log.exception("job %d failed unexpectedly", job.job_id)
-                await self._fail(job, "Something went wrong making this image; the error was logged.")
+                self.health.note(f"job {job.job_id}", error)
+                await self._fail(
+                    job, f"⚠️ Job {job.job_id} failed: something went wrong making it; the error was logged."
+                )
             finally:
                 await self.queue.finished(job)
 
@@ -263,10 +342,10 @@ class JobRunner:
                 await self._mark(job, JobState.QUEUED)  # not the user's doing: run it after restart
             else:
                 await self._mark(job, JobState.CANCELLED, finished_at=time.time())
-                await self._conclude(job, "🚫 Cancelled.")
+                await self._conclude(job, f"🚫 Job {job.job_id} cancelled.")
             return
         except GenerationError as error:
-            await self._fail(job, f"⚠️ This job failed: {error}.")
+            await self._fail(job, f"⚠️ Job {job.job_id} failed: {error}.")
             return
         await self._finished.put((job, result))
 
@@ -279,27 +358,86 @@ class JobRunner:
     async def _deliver_results(self) -> None:
         while True:
             job, result = await self._finished.get()
-            saved = False
             try:
-                files = await self._save(job, result) if result is not None else _files_of(job.record)
-                saved = True
-                await self._deliver(job, files)
-                self._delivery_failures.pop(job.job_id, None)
-            except Exception:
-                self._retry_later(job, None if saved else result)
+                await self._handle_result(job, result)
+            except Exception as error:  # one job's trouble must never stop the delivery line
+                log.exception("delivering job %d went wrong; it stays in the store", job.job_id)
+                self.health.note(f"delivery of job {job.job_id}", error)
             finally:
                 self._finished.task_done()
+
+    async def _handle_result(self, job: ActiveJob, result: GenerationResult | None) -> None:
+        if result is not None:
+            try:
+                files = await asyncio.to_thread(self._write_files, result)
+            except OSError as error:
+                # Retrying cannot fix a full disk or a folder the bot may not write: end the job clearly.
+                log.error(
+                    "job %d: saving its images in OUTPUT_DIR %s failed: %s", job.job_id, self.settings.output_dir, error
+                )
+                self.health.note("saving images in OUTPUT_DIR", error)
+                reason = error.strerror or type(error).__name__
+                await self._fail(
+                    job,
+                    f"⚠️ Job {job.job_id} failed: the server could not save the image ({reason}). "
+                    "The bot's operator must fix OUTPUT_DIR (free space or permissions); try again after that.",
+                )
+                return
+            try:
+                await self._mark(
+                    job,
+                    JobState.DONE,
+                    output_files=[str(file.path) for file in files],
+                    seeds=[file.seed for file in files],
+                    seconds=result.seconds,
+                    finished_at=time.time(),
+                )
+            except Exception as error:
+                self.health.note("job store", error)
+                self._retry_later(job, result)
+                return
+        if self._behind_a_retry(job):
+            self._held.setdefault(job.user_id, []).append(job)
+            return
+        try:
+            await self._deliver(job, _files_of(job.record))
+        except Undeliverable as error:
+            log.warning("job %d cannot be delivered: %s", job.job_id, error)
+            await self._mark(job, JobState.UNDELIVERABLE, error=str(error), finished_at=time.time())
+            self._settle(job)
+        except Exception:
+            self._retry_later(job, None)
+        else:
+            self._settle(job)
+
+    def _behind_a_retry(self, job: ActiveJob) -> bool:
+        pending = self._retrying.get(job.user_id)
+        return pending is not None and bool(pending) and min(pending) < job.job_id
+
+    def _settle(self, job: ActiveJob) -> None:
+        """The job's delivery is over, one way or another: let the same requester's later jobs go."""
+        self._delivery_failures.pop(job.job_id, None)
+        pending = self._retrying.get(job.user_id)
+        if pending is None:
+            return
+        pending.discard(job.job_id)
+        if pending:
+            return
+        del self._retrying[job.user_id]
+        for held in sorted(self._held.pop(job.user_id, []), key=lambda held: held.job_id):
+            self._finished.put_nowait((held, None))
 
     def _retry_later(self, job: ActiveJob, result: GenerationResult | None) -> None:
         failures = self._delivery_failures.get(job.job_id, 0)
         if self._stopping or failures >= len(self.delivery_retry_delays):
-            self._delivery_failures.pop(job.job_id, None)
             log.exception(
                 "delivering job %d failed; it stays in the store and is tried again at the next start", job.job_id
             )
+            self._settle(job)
             return
         delay = self.delivery_retry_delays[failures]
         self._delivery_failures[job.job_id] = failures + 1
+        self._retrying.setdefault(job.user_id, set()).add(job.job_id)
         log.warning(
             "delivering job %d failed (attempt %d); trying again in %.0f s",
             job.job_id,
@@ -312,58 +450,26 @@ class JobRunner:
             await asyncio.sleep(delay)
             await self._finished.put((job, result))
 
-        task = asyncio.create_task(retry(), name=f"retry-delivery-{job.job_id}")
-        self._retries.add(task)  # a reference, so the task is not collected while it waits
+        task = self.health.spawn(retry(), name=f"retry-delivery-{job.job_id}")
+        self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
-    async def _save(self, job: ActiveJob, result: GenerationResult) -> list[OutputFile]:
-        """Encode and write the PNGs in a thread: 100-150 ms a 1024x1024 image of CPU work."""
-
-        def save_all() -> list[OutputFile]:
-            outputs = []
-            for image, seed in zip(result.images, result.seeds, strict=True):
-                path, _ = save_png(image, result.request, seed, self.settings.model_id, self.settings.output_dir)
-                outputs.append(OutputFile(path, seed))
-            return outputs
-
-        files = await asyncio.to_thread(save_all)
-        await self._mark(
-            job,
-            JobState.DONE,
-            output_files=[str(file.path) for file in files],
-            seeds=[file.seed for file in files],
-            seconds=result.seconds,
-            finished_at=time.time(),
-        )
-        return files
+    def _write_files(self, result: GenerationResult) -> list[OutputFile]:
+        """Encode and write the PNGs (blocking, in a thread: CPU work of 100-150 ms a 1024x1024 image)."""
+        outputs = []
+        for image, seed in zip(result.images, result.seeds, strict=True):
+            path, _ = save_png(image, result.request, seed, self.settings.model_id, self.settings.output_dir)
+            outputs.append(OutputFile(path, seed))
+        return outputs
 
     async def _deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
         assert self.presenter is not None
         attempts = job.record.delivery_attempts + 1
         await self._update(job, delivery_attempts=attempts)
-        await self.presenter.deliver(job, files)
+        message_id = await self.presenter.deliver(job, files)
+        where = {"result_message_id": message_id} if message_id is not None else {}
         # Compare-and-set: a job is marked delivered once, whoever gets here first.
-        await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED)
-
-    # ----- retention ---------------------------------------------------------------------------
-
-    async def _apply_retention(self) -> None:
-        """Keep DATA_DIR and OUTPUT_DIR bounded: finished jobs older than RETENTION_DAYS go,
-        with their images. Jobs still to be delivered are never touched."""
-        if self.settings.retention_days <= 0:
-            return
-        while True:
-            try:
-                report = await asyncio.to_thread(
-                    self.store.prune, older_than_days=self.settings.retention_days, output_dir=self.settings.output_dir
-                )
-                if report.jobs_removed:
-                    log.info(
-                        "retention: removed %d old job(s) and %d image(s)", report.jobs_removed, report.files_removed
-                    )
-            except Exception:
-                log.exception("retention pass failed; trying again later")
-            await asyncio.sleep(RETENTION_INTERVAL)
+        await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED, **where)
 
     # ----- restart recovery --------------------------------------------------------------------
 
@@ -388,6 +494,8 @@ class JobRunner:
 
     def _refresh_positions(self, force: bool = False) -> None:
         """Recompute every waiting job's position and wait, and re-show those that changed."""
+        if self._stopping:
+            return  # the waiting jobs' messages say the bot is restarting: never show them over that
         estimate = self.service.estimate_seconds
         running = self.queue.running
         ahead = 0.0
@@ -404,7 +512,7 @@ class JobRunner:
             ahead += own or 0.0
 
     def _show(self, job: ActiveJob) -> None:
-        if self.presenter is not None:
+        if self.presenter is not None and (not self._stopping or job is self.queue.running):
             self.presenter.show(job)
 
     async def _conclude(self, job: ActiveJob, text: str) -> None:
@@ -416,7 +524,14 @@ class JobRunner:
             log.exception("could not update the message of job %d", job.job_id)
 
     async def _fail(self, job: ActiveJob, text: str) -> None:
-        await self._mark(job, JobState.FAILED, error=text, finished_at=time.time())
+        """Mark the job FAILED and tell its requester; never raises."""
+        try:
+            await self._mark(job, JobState.FAILED, error=text, finished_at=time.time())
+        except Exception as error:
+            # The store keeps it unfinished, so it runs again after the next start; say so.
+            log.exception("job %d: could not record that it failed", job.job_id)
+            self.health.note("job store", error)
+            text += " It could not be recorded either, so it may run again after the bot restarts."
         await self._conclude(job, text)
 
     async def _mark(self, job: ActiveJob, state: JobState, **fields) -> None:

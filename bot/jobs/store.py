@@ -4,8 +4,8 @@ It is what makes delivery exactly-once across restarts (a job is acknowledged on
 `transition` is an atomic compare-and-set), what lets buttons work after a restart (they carry a job
 id that is looked up here), and what keeps `/history` and `/status` figures.
 
-Every method blocks; the event loop calls them through `asyncio.to_thread` while the GPU worker
-thread may call them at the same time, so one connection is shared under a lock.
+Every method blocks; the event loop calls them through `asyncio.to_thread`, so several calls may run
+at once in different threads: one connection is shared under a lock.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ class JobState(str, enum.Enum):
     DELIVERED = "delivered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Made and saved, but Discord refused it for good (no access to the channel, channel gone, no DM).
+    UNDELIVERABLE = "undeliverable"
 
 
 UNFINISHED_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE)
-FINISHED_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
+FINISHED_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED, JobState.UNDELIVERABLE)
+# Rows a retention pass deletes in one transaction: short, so a write that answers a user never waits long.
+PRUNE_BATCH = 100
 
 
 @dataclass
@@ -65,13 +69,13 @@ class JobRecord:
     kind: str = "imagine"  # imagine | reroll | variations
     parent_id: int | None = None  # the job a Reroll/Variations button came from
     state: JobState = JobState.QUEUED
-    interaction_id: int | None = None
     # Valid for 15 minutes; kept so a job can still edit its own message after a quick restart.
     interaction_token: str | None = None
     token_created_at: float | None = None
-    status_message_id: int | None = None  # the message that shows queue position and progress
-    result_message_id: int | None = None
-    result_channel_id: int | None = None
+    # The job's own message (the deferred answer), stored as soon as it exists: after a restart or once
+    # the token expired the bot edits it with the bot token rather than posting blind.
+    status_message_id: int | None = None
+    result_message_id: int | None = None  # where the result went, when that is not the job's own message
     output_files: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)  # the seed of each output image
     error: str | None = None
@@ -149,6 +153,11 @@ MIGRATIONS: list[Migration] = [
         # /history reads a user's newest jobs; without this it scans the whole table.
         "CREATE INDEX jobs_user_created ON jobs (user_id, created_at)",
     ),
+    (
+        # Written but never read, and never written: gone.
+        "ALTER TABLE jobs DROP COLUMN interaction_id",
+        "ALTER TABLE jobs DROP COLUMN result_channel_id",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -172,16 +181,15 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
 
 
 class JobStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
         self.path = Path(data_dir) / DB_FILE_NAME
+        self._busy_timeout_ms = int(busy_timeout * 1000)
         self._lock = threading.Lock()
         _check_writable(Path(data_dir))
         try:
             # isolation_level=None: the module's implicit transactions are off; every write below
             # opens its own BEGIN IMMEDIATE so the write lock is taken before anything is read.
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         conn.row_factory = sqlite3.Row
@@ -201,7 +209,7 @@ class JobStore:
             )
 
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             result = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
             if result != ["ok"]:
                 # quick_check can list thousands of problems; the first few say enough.
@@ -377,51 +385,66 @@ class JobStore:
         mean = timed_seconds / timed_images if timed_images else None
         return JobStats(jobs_done, images_done, mean, failed, cancelled)
 
-    def prune(self, *, older_than_days: int, output_dir: Path, now: float | None = None) -> PruneReport:
+    def prune(
+        self, *, older_than_days: int, output_dir: Path, now: float | None = None, batch_size: int = PRUNE_BATCH
+    ) -> PruneReport:
         """Delete finished jobs older than the cutoff, and their files that lie inside `output_dir`.
 
-        older_than_days=0 keeps everything. Files go first and rows second, so a crash in between
-        leaves rows whose files are gone, which the next prune removes, rather than untracked files.
+        older_than_days=0 keeps everything. It works in batches of `batch_size` jobs, each deleted in its
+        own short transaction, so other writers wait for one batch at most, never for the whole pass.
+        Files go first and rows second, so a crash in between leaves rows whose files are gone, which
+        the next prune removes, rather than untracked files.
         """
         if older_than_days <= 0:
             return PruneReport(0, 0, 0)
         cutoff = (time.time() if now is None else now) - older_than_days * 86400
         finished = [state.value for state in FINISHED_STATES]
-        old = self._select(
-            "SELECT * FROM jobs WHERE state IN (?, ?, ?) AND COALESCE(finished_at, created_at) < ?",
-            [*finished, cutoff],
-        )
+        in_finished = f"state IN ({', '.join('?' * len(finished))})"
         root = Path(output_dir).resolve()
-        files_removed = outside = 0
-        for job in old:
-            for name in job.output_files:
-                # resolve() follows "..", and symlinks, so neither can lead a deletion out of output_dir.
-                path = Path(name).resolve()
-                if path == root or not path.is_relative_to(root):
-                    outside += 1
-                    log.warning("Not deleting %s of job %s: it is outside %s", name, job.id, root)
-                    continue
-                try:
-                    path.unlink()
-                    files_removed += 1
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("Could not delete %s of job %s: %s", path, job.id, exc)
-        ids = [job.id for job in old]
-        jobs_removed = 0
-        with self._transaction() as conn:
-            # Chunks keep well below SQLite's limit on bound parameters.
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+        jobs_removed = files_removed = outside = 0
+        after_id = 0
+        while True:
+            old = self._select(
+                f"SELECT * FROM jobs WHERE id > ? AND {in_finished} AND COALESCE(finished_at, created_at) < ? "
+                "ORDER BY id LIMIT ?",
+                [after_id, *finished, cutoff, batch_size],
+            )
+            if not old:
+                break
+            after_id = max(job.id for job in old if job.id is not None)
+            for job in old:
+                removed, skipped = _remove_files(job, root)
+                files_removed += removed
+                outside += skipped
+            ids = [job.id for job in old]
+            with self._transaction() as conn:
                 cursor = conn.execute(
-                    f"DELETE FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) AND state IN (?, ?, ?)",
-                    [*chunk, *finished],
+                    f"DELETE FROM jobs WHERE id IN ({', '.join('?' * len(ids))}) AND {in_finished}", [*ids, *finished]
                 )
                 jobs_removed += cursor.rowcount
         if jobs_removed:
             log.info("Pruned %d jobs and %d files older than %d days", jobs_removed, files_removed, older_than_days)
         return PruneReport(jobs_removed, files_removed, outside)
+
+
+def _remove_files(job: JobRecord, root: Path) -> tuple[int, int]:
+    """Delete the job's files inside `root`; returns (removed, left alone because outside root)."""
+    removed = outside = 0
+    for name in job.output_files:
+        # resolve() follows "..", and symlinks, so neither can lead a deletion out of output_dir.
+        path = Path(name).resolve()
+        if path == root or not path.is_relative_to(root):
+            outside += 1
+            log.warning("Not deleting %s of job %s: it is outside %s", name, job.id, root)
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("Could not delete %s of job %s: %s", path, job.id, exc)
+    return removed, outside
 
 
 def _check_writable(data_dir: Path) -> None:
