@@ -120,6 +120,10 @@ class GenerationResult:
     seeds: list[int]
     seconds: float  # wall time of the pipeline call(s), excluding queueing
     step_seconds: list[float] = field(default_factory=list)
+    # Per image: True when the safety classifier flagged it or failed on it (fail closed); all
+    # False when the check is off. Empty from a service that does not check.
+    flagged: list[bool] = field(default_factory=list)
+    nsfw_scores: list[float | None] = field(default_factory=list)
 
     @property
     def seconds_per_image(self) -> float:

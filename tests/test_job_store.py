@@ -89,6 +89,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         finished_at=NOW + 2,
         seconds=1.25,
         delivery_attempts=2,
+        flagged=[True, False],
     )
     added = store.add(job)
     assert added.id is not None
@@ -128,6 +129,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         "finished_at": None,
         "seconds": None,
         "delivery_attempts": 3,
+        "flagged": [False, True],
     }
     assert set(changes) == {f.name for f in dataclasses.fields(JobRecord)} - {"id"}
     expected = dataclasses.replace(added, **{**changes, "state": JobState.DONE, "output_files": ["outputs/c.png"]})
@@ -338,7 +340,7 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert store.update(old.id, delivery_attempts=1).delivery_attempts == 1
 
     conn = sqlite3.connect(data_dir / DB_FILE_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(jobs)")}
     conn.close()
     assert "jobs_user_created" in indexes
@@ -493,3 +495,44 @@ os.kill(os.getpid(), signal.SIGKILL)
         assert (job.state, job.result_message_id) == (JobState.DELIVERED, 9)
         assert not store.transition(job_id, [JobState.DONE], JobState.DELIVERED)
     assert os.path.getsize(tmp_path / DB_FILE_NAME) > 0
+
+
+def test_flags_round_trip_and_default_to_empty(store: JobStore) -> None:
+    job = store.add(make_job(count=2))
+    assert store.get(job.id).flagged == []
+    assert store.update(job.id, flagged=[False, True]).flagged == [False, True]
+    assert store.get(job.id).flagged == [False, True]
+
+
+def test_guild_settings_are_saved_whole_and_survive_reopening(tmp_path: Path) -> None:
+    from bot.guild_settings import EnhanceDefault, GuildSettings, NsfwPolicy
+
+    with JobStore(tmp_path / "data") as store:
+        assert store.guild_settings(7) == GuildSettings(7)  # the defaults for a server never set up
+        wanted = GuildSettings(
+            7,
+            allowed_channels=(1, 2),
+            nsfw_policy=NsfwPolicy.SPOILER,
+            blocked_words=("gore", "血腥"),
+            daily_limit=20,
+            max_count=2,
+            required_role=99,
+            enhance_default=EnhanceDefault.FORBIDDEN,
+        )
+        assert store.save_guild_settings(wanted).updated_at is not None
+        with pytest.raises(ValueError, match="daily limit"):
+            store.save_guild_settings(GuildSettings(7, daily_limit=5000, blocked_words=("new",)))
+    with JobStore(tmp_path / "data") as store:
+        assert store.guild_settings(7) == wanted  # the refused change left nothing behind
+        assert store.guild_settings(8) == GuildSettings(8)
+
+
+def test_images_since_counts_a_members_images_in_one_server(store: JobStore) -> None:
+    store.add(make_job(count=3, created_at=NOW))
+    store.add(make_job(count=1, created_at=NOW, state=JobState.DELIVERED))
+    store.add(make_job(count=4, created_at=NOW, state=JobState.CANCELLED))  # made nothing
+    store.add(make_job(count=4, created_at=NOW, state=JobState.FAILED))
+    store.add(make_job(count=2, created_at=NOW - DAY))  # yesterday
+    store.add(make_job(count=2, created_at=NOW, guild_id=8))  # another server
+    store.add(make_job(user_id=43, count=2, created_at=NOW))  # another member
+    assert store.images_since(7, 42, NOW - 60) == 4
