@@ -11,8 +11,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot.error_tree import NotAllowed, report_error
+from bot.discord_bot.error_tree import report_error
+from bot.discord_bot.guild_rules import check_imagine_allowed
 from bot.discord_bot.job_messages import BUTTON_PREFIX, info_embed
+from bot.discord_bot.permissions import may_see_job, no_such_job, require_button_on_its_job, require_job_manager
 from bot.generation import (
     MAX_COUNT,
     MAX_GUIDANCE,
@@ -131,6 +133,7 @@ class Generation(commands.Cog):
         self, interaction: discord.Interaction, request: GenerationRequest, *, kind: str, parent_id: int | None = None
     ) -> None:
         """Record, acknowledge at once, then queue the job. Refusals are private and queue nothing."""
+        request = await check_imagine_allowed(interaction, request, self.bot.store, clamp=kind != "imagine")
         self.runner.reserve(interaction.user.id)
         record = new_record(
             request,
@@ -164,7 +167,7 @@ class Generation(commands.Cog):
 
     async def cancel_job(self, interaction: discord.Interaction, job_id: int) -> None:
         record = await self._stored_job(job_id)
-        self._require_owner_or_admin(interaction, record.user_id, "cancel this job")
+        await require_job_manager(interaction, record, "cancel it")
         outcome = await self.runner.cancel(job_id, interaction.user.id)
         await interaction.response.send_message(f"Job {job_id}: {outcome}.", ephemeral=True)
 
@@ -180,11 +183,14 @@ class Generation(commands.Cog):
     # ----- buttons -------------------------------------------------------------------------------
 
     async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        require_button_on_its_job(interaction, job_id)
         if action == "cancel":
             await self.cancel_job(interaction, job_id)
             return
         record = await self._stored_job(job_id)
         if action == "info":
+            if not await may_see_job(interaction, record):
+                raise InvalidRequest(no_such_job(job_id))
             await interaction.response.send_message(embed=info_embed(record, self.settings.model_id), ephemeral=True)
         elif action in ("reroll", "variations"):
             count = record.count if action == "reroll" else MAX_COUNT
@@ -199,15 +205,11 @@ class Generation(commands.Cog):
             )
             await self.enqueue(interaction, request, kind=action, parent_id=job_id)
         elif action == "delete":
-            self._require_owner_or_admin(interaction, record.user_id, "delete this image")
+            await require_job_manager(interaction, record, "delete it")
             await interaction.response.defer(ephemeral=True, thinking=True)
             if interaction.message is not None:
                 await interaction.message.delete()
             await interaction.followup.send("🗑️ Deleted.", ephemeral=True)
-
-    def _require_owner_or_admin(self, interaction: discord.Interaction, owner_id: int, what: str) -> None:
-        if interaction.user.id != owner_id and not self.bot.is_admin(interaction):
-            raise NotAllowed(f"Only the person who asked for it or an admin can {what}.")
 
 
 def _first(*values):

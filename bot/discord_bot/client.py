@@ -25,7 +25,7 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin", "cogs.history")
+EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin", "cogs.history", "cogs.server_settings")
 SYNC_STATE_FILE = "command-sync.json"
 SHUTDOWN_GRACE = 25.0  # the contract allows 30 s for the running job; keep a margin for closing
 
@@ -107,12 +107,6 @@ class ZImageBot(commands.Bot):
             await self.runner.stop(grace=SHUTDOWN_GRACE)
         finally:
             await self.close()
-
-    def is_admin(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id in self.settings.admin_user_ids:
-            return True
-        permissions = interaction.permissions
-        return interaction.guild_id is not None and permissions.administrator
 
 
 def point_at_discord(settings: Settings) -> None:
