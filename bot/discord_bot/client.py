@@ -61,7 +61,12 @@ class ZImageBot(commands.Bot):
                 await self.load_extension(extension)
             except Exception:
                 log.exception("could not load %s; the other features still work", extension)
-        presenter = DiscordJobPresenter(self, model_id=self.settings.model_id, paused=lambda: self.runner.queue.paused)
+        presenter = DiscordJobPresenter(
+            self,
+            model_id=self.settings.model_id,
+            paused=lambda: self.runner.queue.paused,
+            guild_settings=self.store.guild_settings,
+        )
         await self.runner.start(presenter)
         await self.sync_commands_if_changed()
 

@@ -19,7 +19,9 @@ import discord
 from PIL import Image
 
 from bot.discord_bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
+from bot.guild_settings import GuildSettings, NsfwPolicy
 from bot.jobs.runner import ActiveJob, OutputFile
+from bot.moderation import ImageAction, image_actions, mentions_minors
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,18 @@ class _LiveMessage:
 
 
 class DiscordJobPresenter:
-    def __init__(self, bot: discord.Client, *, model_id: str, paused: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        bot: discord.Client,
+        *,
+        model_id: str,
+        paused: Callable[[], bool],
+        guild_settings: Callable[[int], GuildSettings] = GuildSettings,
+    ) -> None:
         self.bot = bot
         self.model_id = model_id
         self._paused = paused
+        self._guild_settings = guild_settings  # blocking (the job store): called in a thread
         self._live: dict[int, _LiveMessage] = {}
         self._notices: dict[int, asyncio.Task] = {}  # "the bot restarted" edits still in flight
 
@@ -114,7 +124,13 @@ class DiscordJobPresenter:
     async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> None:
         await self._finish_live(job)
         await self._after_notice(job)
-        uploads = await asyncio.to_thread(_read_for_upload, files, job.attachment_size_limit)
+        shown, note = await self.apply_channel_policy(job, files)
+        uploads = await asyncio.to_thread(_read_for_upload, [file for file, _ in shown], job.attachment_size_limit)
+        spoilers = [spoiler for _, spoiler in shown]
+        uploads = [
+            ("SPOILER_" + name if spoiler else name, data)
+            for (name, data), spoiler in zip(uploads, spoilers, strict=True)
+        ]
         record = job.record
         embed = result_embed(
             job.request,
@@ -122,7 +138,8 @@ class DiscordJobPresenter:
             record.seconds,
             job.job_id,
             self.model_id,
-            uploads[0][0] if uploads else None,
+            # An embed's image shows unblurred, so a spoilered first image stays an attachment.
+            uploads[0][0] if uploads and not spoilers[0] else None,
         )
         if job.resumed and record.delivery_attempts > 1 and await self._already_shown(job):
             log.info("job %d: its result is already in its message; not posting it again", job.job_id)
@@ -131,7 +148,7 @@ class DiscordJobPresenter:
             try:
                 await self._webhook(job).edit_message(
                     "@original",
-                    content=None,
+                    content=note,
                     embed=embed,
                     attachments=_files(uploads),
                     view=result_view(job.job_id),
@@ -145,7 +162,7 @@ class DiscordJobPresenter:
                 )
         reason = "the bot restarted" if job.resumed else "the request took longer than Discord allows for replies"
         await self._channel(job).send(
-            f"<@{job.user_id}> here is your image (posted here because {reason}).",
+            f"<@{job.user_id}> here is your image (posted here because {reason})." + (f"\n{note}" if note else ""),
             embed=embed,
             files=_files(uploads),
             view=result_view(job.job_id),
@@ -155,6 +172,47 @@ class DiscordJobPresenter:
         webhook = self._restarted_webhook(job)
         if webhook is not None:
             await self._edit_quietly(job, webhook, content="✅ Done: the result is posted in this channel.", view=None)
+
+    async def apply_channel_policy(
+        self, job: ActiveJob, files: list[OutputFile]
+    ) -> tuple[list[tuple[OutputFile, bool]], str | None]:
+        """The files to post, each with whether it goes as a spoiler, and the note that says what was
+        withheld or spoilered. The flags come from the stored job, so a job delivered after a restart
+        is treated the same; withheld files stay saved under OUTPUT_DIR."""
+        flags = list(job.record.flagged)[: len(files)]
+        flags += [False] * (len(files) - len(flags))  # jobs made before the safety check existed
+        if not any(flags):
+            return [(file, False) for file in files], None
+        guild_id = job.record.guild_id
+        policy = (await asyncio.to_thread(self._guild_settings, guild_id)).nsfw_policy if guild_id else NsfwPolicy.BLOCK
+        actions = image_actions(
+            flags,
+            age_restricted=await self._age_restricted(job),
+            policy=policy,
+            prompt_mentions_minors=mentions_minors(job.request.prompt),
+        )
+        shown = [
+            (file, action is ImageAction.SPOILER)
+            for file, action in zip(files, actions, strict=True)
+            if action in (ImageAction.POST, ImageAction.SPOILER)
+        ]
+        log.info("job %d: policy %s, images %s", job.job_id, policy.value, [action.value for action in actions])
+        return shown, withheld_note(actions)
+
+    async def _age_restricted(self, job: ActiveJob) -> bool:
+        """Whether the job's channel is marked NSFW (a thread: its parent). DMs are not; a channel the bot
+        cannot look up counts as not age-restricted, so flagged images are withheld rather than shown."""
+        if job.record.guild_id is None:
+            return False
+        channel = self.bot.get_channel(job.record.channel_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(job.record.channel_id)
+            except discord.HTTPException as error:
+                log.warning("job %d: cannot look up channel %d: %s", job.job_id, job.record.channel_id, error)
+                return False
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        return bool(is_nsfw()) if is_nsfw is not None else False
 
     def resumed(self, job: ActiveJob) -> None:
         """Tell the requester, in the job's own message while its token still works, that the job
@@ -218,6 +276,37 @@ class DiscordJobPresenter:
 
     def _channel(self, job: ActiveJob) -> discord.PartialMessageable:
         return self.bot.get_partial_messageable(job.record.channel_id, guild_id=job.record.guild_id)
+
+
+def withheld_note(actions: list[ImageAction]) -> str | None:
+    """What the job's message says about flagged images, or None when every image is posted as it is."""
+    total = len(actions)
+
+    def some(count: int) -> str:
+        return "The image was" if total == 1 else f"{count} of {total} images were"
+
+    notes = []
+    withheld = actions.count(ImageAction.WITHHOLD)
+    if withheld:
+        them = "it" if total == 1 else "them"
+        notes.append(
+            f"🔞 {some(withheld)} withheld: the safety check flagged {them}. An age-restricted channel shows {them}."
+        )
+    never = actions.count(ImageAction.NEVER)
+    if never:
+        notes.append(
+            f"🚫 {some(never)} withheld and will not be posted anywhere: the safety check flagged "
+            f"{'it' if total == 1 else 'them'} and the prompt mentions minors."
+        )
+    spoilered = actions.count(ImageAction.SPOILER)
+    if spoilered:
+        notes.append(
+            "⚠️ Content note: the safety check flagged this image as possibly NSFW; it is shown as a spoiler."
+            if total == 1
+            else f"⚠️ Content note: the safety check flagged {spoilered} of {total} images as possibly NSFW; "
+            "they are shown as spoilers."
+        )
+    return "\n".join(notes) or None
 
 
 def _token_dead(error: discord.HTTPException) -> bool:
