@@ -36,6 +36,25 @@ ALLOWED_CHANNEL_TYPES = (
     discord.ChannelType.stage_voice,
     discord.ChannelType.forum,
 )
+
+
+class PostableChannel(app_commands.Transformer):
+    """A channel option offering only the channels /imagine can answer in; the value is checked again
+    against the server's channels, since a client can send any id."""
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return discord.AppCommandOptionType.channel
+
+    @property
+    def channel_types(self) -> list[discord.ChannelType]:
+        return list(ALLOWED_CHANNEL_TYPES)
+
+    async def transform(self, interaction: discord.Interaction, value: app_commands.AppCommandChannel):
+        return value
+
+
+ChannelOption = app_commands.Transform[app_commands.AppCommandChannel, PostableChannel]
 POLICY_TEXT = {
     NsfwPolicy.BLOCK: "block: flagged images are withheld outside age-restricted channels",
     NsfwPolicy.SPOILER: "spoiler: flagged images are posted as spoilers with a content note",
@@ -69,8 +88,8 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
     async def channels(
         self,
         interaction: discord.Interaction,
-        add: app_commands.AppCommandChannel | None = None,
-        remove: app_commands.AppCommandChannel | None = None,
+        add: ChannelOption | None = None,
+        remove: ChannelOption | None = None,
         clear: bool | None = None,
     ) -> None:
         """Choose the channels where /imagine works (none chosen: every channel)."""
