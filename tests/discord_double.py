@@ -556,18 +556,23 @@ class DiscordDouble:
         modified client or a raw API call would: the bot must check everything again itself.
         `channel` is where it is run (a guild's channel or thread; default #general of the first guild),
         `roles` the member's role ids."""
-        scope, command = self.command(name)
+        top, *subcommands = name.split()  # "settings channels": a subcommand of /settings
+        scope, command = self.command(top)
         if channel is not None and scope is not None and self.guild_of(channel) != scope:
             raise ValueError(f"/{name} is synced to guild {scope} only; it cannot be run in channel {channel}")
         if scope is not None and not guild:
             raise ValueError(f"/{name} is synced to the guild only; it cannot be run in a DM")
+        target, path = command, []
+        for sub in subcommands:
+            target = next((o for o in target.get("options") or [] if o["name"] == sub and o["type"] in (1, 2)), {})
+            if not target:
+                raise ValueError(f"/{top} has no subcommand {sub!r}")
+            path.append(target)
         resolved: dict[str, dict] = {}
-        data: dict[str, Any] = {
-            "id": command["id"],
-            "name": name,
-            "type": 1,
-            "options": self._typed_options(command, options or {}, resolved, checked=not unchecked),
-        }
+        typed = self._typed_options(target, options or {}, resolved, checked=not unchecked)
+        for sub in reversed(path):
+            typed = [{"name": sub["name"], "type": sub["type"], "options": typed}]
+        data: dict[str, Any] = {"id": command["id"], "name": top, "type": 1, "options": typed}
         if resolved:
             data["resolved"] = resolved
         if scope is not None:
@@ -632,8 +637,7 @@ class DiscordDouble:
             elif kind == 7:  # channel: the id, and a partial channel in "resolved"
                 value = str(value)
                 known = self.channels.get(value) or {"id": value, "type": 0, "name": "unknown"}
-                partial = {"id": value, "type": known["type"], "name": known.get("name"), "permissions": "0"}
-                partial |= {key: known[key] for key in ("parent_id", "thread_metadata", "nsfw") if key in known}
+                partial = {key: v for key, v in known.items() if key != "guild_id"} | {"permissions": "0"}
                 resolved_out.setdefault("channels", {})[value] = partial
             elif kind == 8:  # role: the id, and the role in "resolved"
                 value = str(value)
@@ -697,6 +701,10 @@ class DiscordDouble:
         record.dispatched_at = time.monotonic()
         await self._dispatch("INTERACTION_CREATE", payload)
         return record
+
+    def dm_channel(self, user: DiscordUser) -> str:
+        """The id of the DM channel between the bot and `user` (made on first use)."""
+        return self._dm_channel(user)["id"]
 
     def _dm_channel(self, user: DiscordUser) -> dict:
         for channel in self.channels.values():

@@ -11,18 +11,14 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import discord
 from discord import app_commands
 
 from bot.discord_bot.error_tree import NotAllowed
-from bot.discord_bot.job_messages import BUTTON_PREFIX
 from bot.jobs.store import JobRecord
 
 log = logging.getLogger(__name__)
-
-_JOB_BUTTON = re.compile(re.escape(BUTTON_PREFIX) + r":[a-z0-9_]+:(\d+)$")
 
 
 async def is_operator(interaction: discord.Interaction) -> bool:
@@ -68,21 +64,6 @@ async def require_job_manager(interaction: discord.Interaction, record: JobRecor
         f"Only the person who asked for job {record.id}, an admin of the server it was made in, "
         f"or the bot's operator can {what}."
     )
-
-
-def require_button_on_its_job(interaction: discord.Interaction, job_id: int) -> None:
-    """A button acts only on the job of the message it sits on: every job button on that message must
-    name this job (a client can send any custom_id; Discord's own client sends the message's)."""
-    message = interaction.message
-    named: set[int] = set()
-    if message is not None:
-        for row in message.components:
-            for item in getattr(row, "children", [row]):
-                match = _JOB_BUTTON.match(getattr(item, "custom_id", None) or "")
-                if match:
-                    named.add(int(match[1]))
-    if named != {job_id}:
-        raise NotAllowed("This button does not belong to this message's job.")
 
 
 def operators_only():
