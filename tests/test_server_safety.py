@@ -342,3 +342,18 @@ async def test_sexual_content_involving_minors_is_refused_everywhere(world, prom
         assert message.ephemeral
         assert message.content == "This bot never makes sexual content involving minors. Nothing was queued."
     assert store.unfinished() == [] and store.recent_for_user(int(world.alice.id)) == []
+
+
+async def test_buttons_that_queue_jobs_follow_the_servers_rules(world):
+    api, store = world.api, world.store
+    first = await delivered(api, await make(api, "a brass lamp", world.alice))
+    # No safety check in this service: every image is stored as not flagged.
+    assert store.get(1).flagged == [False]
+    store.save_guild_settings(GuildSettings(int(api.guild_id), max_count=2, required_role=int(world.artists)))
+    refused = await reply_text(api, await api.click(first, "zimage:reroll:1", user=world.bob))
+    assert refused.ephemeral and f"needs the <@&{world.artists}> role" in refused.content
+    # Variations asks for as many images as the server allows a job, rather than being refused.
+    click = await api.click(first, "zimage:variations:1", user=world.bob, roles=[world.artists])
+    variations = await delivered(api, click)
+    assert len(variations.attachments) == 2 and store.get(2).count == 2
+    assert store.get(2).flagged == [False, False]
