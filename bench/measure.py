@@ -243,9 +243,9 @@ def _time_latent_only(service, config: PhaseConfig) -> float | None:
 
     width, height = parse_size(config.sizes[0])
 
-    def run(index: int) -> float:
+    def run(pipe, index: int) -> float:
         begun = time.perf_counter()
-        service._pipe(
+        pipe(
             prompt=prompt(index),
             height=height,
             width=width,
@@ -258,7 +258,7 @@ def _time_latent_only(service, config: PhaseConfig) -> float | None:
         return time.perf_counter() - begun
 
     # On the service's own worker thread: one thread drives the pipeline, always.
-    times = [service._worker.submit(run, index).result() for index in range(3)]
+    times = [service.call_on_worker(lambda pipe, index=index: run(pipe, index)) for index in range(3)]
     return median(times)
 
 

@@ -16,7 +16,7 @@ from dotenv import load_dotenv
 
 from bot.generation import GenerationError, GenerationRequest, random_seed
 from bot.image_size import ImageSize
-from bot.settings import ConfigError, Settings, configure_logging
+from bot.settings import ConfigError, Settings, check_writable_folder, configure_logging
 
 log = logging.getLogger("zimage-bot")
 
@@ -111,6 +111,12 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     except GenerationError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.out is None:
+        try:
+            check_writable_folder("OUTPUT_DIR", settings.output_dir)
+        except ConfigError as error:
+            print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+            return EXIT_CONFIG
     service = _load_service(settings, warm_up=False)
     if service is None:
         return EXIT_FAILURE
@@ -139,6 +145,11 @@ def run(settings: Settings) -> int:
     except ConfigError as error:
         print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        check_writable_folder("OUTPUT_DIR", settings.output_dir)
+    except ConfigError as error:
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     from bot.jobs.store import JobStore, StoreError
 
     # The job store is opened first: an unusable DATA_DIR is reported before minutes of loading.
@@ -151,6 +162,9 @@ def run(settings: Settings) -> int:
     if service is None:
         store.close()
         return EXIT_FAILURE
+    import aiohttp
+    import discord
+
     from bot.discord_bot.client import LoginRejected, run_bot
 
     try:
@@ -158,6 +172,15 @@ def run(settings: Settings) -> int:
     except LoginRejected as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except (OSError, aiohttp.ClientError, discord.DiscordException) as error:
+        # Discord unreachable or failing (a wrong DISCORD_API_BASE, no network, a Discord outage).
+        log.debug("connecting to Discord failed", exc_info=True)
+        print(
+            f"zimage-bot: could not connect to Discord at {settings.discord_api_base} ({type(error).__name__}: "
+            f"{error}); check the network and DISCORD_API_BASE / DISCORD_GATEWAY_URL",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     finally:
         service.close()
         store.close()

@@ -56,9 +56,6 @@ class GenerationRequest:
         """One seed per image: consecutive, so image i of a batch can be made again on its own."""
         return [(self.seed + index) % (MAX_SEED + 1) for index in range(self.count)]
 
-    def with_seed(self, seed: int) -> GenerationRequest:
-        return replace(self, seed=seed)
-
 
 def validate_request(
     request: GenerationRequest, *, max_steps: int, allowed_sizes: tuple[ImageSize, ...] | None = None
@@ -119,15 +116,10 @@ class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
     seconds: float  # wall time of the pipeline call(s), excluding queueing
-    step_seconds: list[float] = field(default_factory=list)
     # Per image: True when the safety classifier flagged it or failed on it (fail closed); all
     # False when the check is off. Empty from a service that does not check.
     flagged: list[bool] = field(default_factory=list)
     nsfw_scores: list[float | None] = field(default_factory=list)
-
-    @property
-    def seconds_per_image(self) -> float:
-        return self.seconds / max(1, len(self.images))
 
 
 def parameters_text(request: GenerationRequest, seed: int, model_id: str) -> str:

@@ -1,19 +1,26 @@
-"""PNG encoding with the generation parameters embedded, and saving under OUTPUT_DIR.
+"""PNG encoding with the generation parameters embedded, saving under OUTPUT_DIR, and smaller JPEG copies
+(with the same parameters) for uploads over Discord's limit.
 
-Both block (encoding a 1024x1024 PNG costs 100-150 ms of CPU), so callers run them off the event
-loop and off the GPU thread.
+All of it blocks (image encoding is CPU work measured in bench/RESULTS.md), so callers run it off the
+event loop and off the GPU thread.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import ExifTags, Image, PngImagePlugin
 
 from bot.generation import GenerationRequest, parameters_text
+
+log = logging.getLogger(__name__)
+
+# Tried in order until the files fit the upload limit: quality first, then fewer pixels.
+JPEG_STEPS = ((92, 1.0), (85, 1.0), (80, 0.75), (75, 0.5))
 
 
 def encode_png(image: Image.Image, parameters: str) -> bytes:
@@ -60,3 +67,40 @@ def save_png(
     """Encode and save one image; returns the file and its bytes (for uploading without re-encoding)."""
     data = encode_png(image, parameters_text(request, seed, model_id))
     return write_new_file(output_dir, time_stem(seed), ".png", data), data
+
+
+def encode_jpeg(image: Image.Image, parameters: str, *, quality: int = 92) -> bytes:
+    """A JPEG carrying `parameters` in its EXIF UserComment, the way image tools write it for JPEG:
+    an 8-byte character-code prefix, then the text (UTF-16 in the EXIF block's big-endian order
+    when it is not plain ASCII)."""
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = _user_comment(parameters)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality, exif=exif)
+    return buffer.getvalue()
+
+
+def _user_comment(text: str) -> bytes:
+    if text.isascii():
+        return b"ASCII\0\0\0" + text.encode("ascii")
+    return b"UNICODE\0" + text.encode("utf-16-be")
+
+
+def files_for_upload(paths: list[Path], limit: int) -> tuple[list[tuple[str, bytes]], bool]:
+    """The saved PNGs as (name, bytes), or JPEG copies with the same parameters when together they
+    are over `limit` bytes; the flag says whether JPEG copies were made (the PNGs stay as they are)."""
+    uploads = [(path.name, path.read_bytes()) for path in paths]
+    if sum(len(data) for _, data in uploads) <= limit:
+        return uploads, False
+    for quality, scale in JPEG_STEPS:
+        converted = []
+        for path in paths:
+            with Image.open(path) as image:
+                parameters = image.info.get("parameters", "")
+                size = (int(image.width * scale), int(image.height * scale))
+                smaller = image if scale == 1.0 else image.resize(size, Image.Resampling.LANCZOS)
+                converted.append((path.with_suffix(".jpg").name, encode_jpeg(smaller, parameters, quality=quality)))
+        if sum(len(data) for _, data in converted) <= limit:
+            break
+    log.info("results over the %d-byte upload limit: sent as JPEG (quality %d, scale %.2f)", limit, quality, scale)
+    return converted, True

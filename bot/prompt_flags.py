@@ -8,14 +8,18 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from bot.generation import MAX_SEED, InvalidRequest
 from bot.image_size import ImageSize
 
 FLAGS = ("ar", "seed", "no", "steps")
-# A phone's em-dash (and the en-dash some keyboards make) stand for "--".
-_DASHES = re.compile(r"[—–]-?")
+# A phone's em-dash (and the en-dash some keyboards make) stands for "--", but only right before a flag
+# name: every other dash ("1990–2000", "a cat — on a mat") is part of the prompt and is kept as typed.
+_DASHES = re.compile(r"(?:(?<=\s)|^)[—–]-?(?=(?:" + "|".join(FLAGS) + r")\b)", re.IGNORECASE)
 _FLAG = re.compile(r"(?:(?<=\s)|^)--(\w+)")
+# Beyond 16:1 either way is bad input (no offered size comes near it), not a wish to round.
+MAX_ASPECT = 16
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,9 @@ def parse_prompt_flags(text: str) -> PromptFlags:
         end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         value = text[match.end() : end].strip()
         if name not in FLAGS:
-            raise InvalidRequest(f"Unknown flag `--{name}`. Supported: --ar W:H, --seed N, --no TEXT, --steps N.")
+            raise InvalidRequest(
+                f"Unknown flag `--{_shown(name)}`. Supported: --ar W:H, --seed N, --no TEXT, --steps N."
+            )
         if name in values:
             raise InvalidRequest(f"`--{name}` is given twice; keep one.")
         if not value:
@@ -57,26 +63,37 @@ _EXAMPLES = {"ar": "`--ar 16:9`", "seed": "`--seed 42`", "no": "`--no text, wate
 
 
 def _aspect(value: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)", value)
+    # Bounded digits: Python refuses to convert numbers of thousands of digits, and no ratio needs them.
+    match = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)\s*[:/x]\s*(\d{1,9}(?:\.\d{1,9})?)", value)
     if not match or float(match[1]) <= 0 or float(match[2]) <= 0:
-        raise InvalidRequest(f"`--ar {value}` is not an aspect ratio; write it like `--ar 16:9`.")
-    return _ratio(float(match[1]), float(match[2]))
-
-
-def _ratio(width: float, height: float) -> tuple[int, int]:
-    scale = 1000
-    w, h = round(width * scale), round(height * scale)
-    divisor = math.gcd(w, h)
-    return w // divisor, h // divisor
+        raise InvalidRequest(f"`--ar {_shown(value)}` is not an aspect ratio; write it like `--ar 16:9`.")
+    ratio = Fraction(match[1]) / Fraction(match[2])
+    if not 1 / MAX_ASPECT <= ratio <= MAX_ASPECT:
+        raise InvalidRequest(
+            f"`--ar {_shown(value)}` is too {'wide' if ratio > 1 else 'tall'}; "
+            f"use a ratio from 1:{MAX_ASPECT} to {MAX_ASPECT}:1, e.g. `--ar 16:9`."
+        )
+    # Within those bounds the nearest fraction with a small denominator is never 0 and keeps 2.39:1 exact.
+    ratio = ratio.limit_denominator(1000)
+    return ratio.numerator, ratio.denominator
 
 
 def _integer(name: str, value: str, low: int, high: int) -> int:
     if not re.fullmatch(r"\d+", value):
-        raise InvalidRequest(f"`--{name} {value}` needs a whole number from {low} to {high}.")
-    number = int(value)
+        raise InvalidRequest(f"`--{name} {_shown(value)}` needs a whole number from {low} to {high}.")
+    digits = value.lstrip("0") or "0"
+    if len(digits) > len(str(high)):  # far out of range; int() refuses thousands of digits
+        raise InvalidRequest(f"`--{name}` must be from {low} to {high} (got {_shown(value)}).")
+    number = int(digits)
     if not low <= number <= high:
         raise InvalidRequest(f"`--{name}` must be from {low} to {high} (got {number}).")
     return number
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """User text quoted in an error, cut short: a prompt may be thousands of characters long, and an
+    answer over Discord's message limit would not be shown at all."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def nearest_size(aspect: tuple[int, int], sizes: tuple[ImageSize, ...]) -> ImageSize:

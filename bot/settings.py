@@ -10,6 +10,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,8 @@ def turbo_default_steps() -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    discord_token: str | None = None
+    # Kept out of repr (and so out of str, logs and tracebacks that show the settings).
+    discord_token: str | None = field(default=None, repr=False)
     model_id: str = DEFAULT_MODEL_ID
     model_revision: str = "main"
     output_dir: Path = Path("outputs")
@@ -107,7 +109,7 @@ class Settings:
             attention_backend=env.text("ATTENTION_BACKEND"),
             compile=env.flag("COMPILE"),
             quantize=env.choice("QUANTIZE", "none", QUANTIZE_MODES),
-            discord_api_base=env.url("DISCORD_API_BASE", DEFAULT_API_BASE, ("http://", "https://")),
+            discord_api_base=env.url("DISCORD_API_BASE", DEFAULT_API_BASE, ("http://", "https://")) or DEFAULT_API_BASE,
             discord_gateway_url=env.url("DISCORD_GATEWAY_URL", None, ("ws://", "wss://")),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             retention_days=env.integer("RETENTION_DAYS", 30, 0, 36_500),
@@ -218,6 +220,25 @@ class _Reader:
         if len(sizes) > 25:
             raise ConfigError(name, raw, "at most 25 sizes (Discord shows at most 25 choices)")
         return tuple(sizes)
+
+
+def check_writable_folder(variable: str, folder: Path) -> None:
+    """Create `folder` and write a file in it; ConfigError naming `variable` if that fails.
+
+    Checked by writing, not os.access: root passes os.access everywhere, and read-only mounts,
+    full disks and odd ACLs only show themselves on a real write.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            variable,
+            str(folder),
+            f"a folder the bot can create and write ({reason}); fix its permissions or point it elsewhere",
+        ) from None
 
 
 def configure_logging(level: str) -> None:

@@ -49,13 +49,14 @@ class JobButton(
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str]):
         return cls(match["action"], int(match["job_id"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        cog: Generation | None = interaction.client.get_cog("Generation")  # type: ignore[union-attr]
+        client = interaction.client
+        cog = client.get_cog("Generation") if isinstance(client, commands.Bot) else None
         try:
-            if cog is None:
+            if not isinstance(cog, Generation):
                 raise InvalidRequest("Image generation is not available right now.")
             await cog.on_button(interaction, self.action, self.job_id)
         except Exception as error:

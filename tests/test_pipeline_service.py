@@ -40,7 +40,7 @@ def test_loads_from_the_cache_and_warms_up(loaded_service):
     report = loaded_service.load_report
     assert loaded_service.state is ServiceState.READY
     assert report.from_cache is True
-    assert report.device == "cpu" and report.dtype == "float32"
+    assert str(loaded_service.device) == "cpu" and loaded_service.dtype == torch.float32
     assert report.load_seconds > 0 and report.warmup_seconds > 0
     assert loaded_service.estimate_seconds(request()) is not None  # warm-up measured the speed
 
@@ -260,15 +260,18 @@ def test_fp8_quantization_runs_the_blocks_in_fp8_and_stays_close(tmp_path, hub_c
     service = PipelineService(Settings.from_env(tiny_env(tmp_path, hub_cache, QUANTIZE="fp8")))
     try:
         service.load(warm_up=False)
-        transformer = service._pipe.transformer
-        fp8_layers = [m for m in transformer.modules() if isinstance(m, Fp8Linear)]
-        block_linears = [
-            m
-            for b in transformer.modules()
-            if type(b).__name__ == "ZImageTransformerBlock"
-            for m in b.modules()
-            if isinstance(m, torch.nn.Linear)
-        ]
+        fp8_layers, block_linears = service.call_on_worker(
+            lambda pipe: (
+                [m for m in pipe.transformer.modules() if isinstance(m, Fp8Linear)],
+                [
+                    m
+                    for b in pipe.transformer.modules()
+                    if type(b).__name__ == "ZImageTransformerBlock"
+                    for m in b.modules()
+                    if isinstance(m, torch.nn.Linear)
+                ],
+            )
+        )
         # Every block Linear that FP8 matrix products can take (dimensions multiples of 16) was swapped.
         assert fp8_layers and all(m.in_features % 16 or m.out_features % 16 for m in block_linears)
         assert all(layer.weight_fp8.dtype == torch.float8_e4m3fn for layer in fp8_layers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bot.generation import InvalidRequest
@@ -16,9 +18,43 @@ def test_plain_prompt_has_no_flags():
     assert parse_prompt_flags("  a cat -- on a mat ") == PromptFlags("a cat -- on a mat")
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a poster of the years 1990–2000",
+        "a cat — on a mat",
+        "a cat –on a mat",  # a dash before a word that is not a flag name
+        "a map of Rhein—Main",
+        "a cat —nothing else",
+    ],
+)
+def test_dashes_that_introduce_no_flag_are_kept_as_typed(prompt):
+    assert parse_prompt_flags(prompt) == PromptFlags(prompt)
+
+
+def test_a_dash_before_a_flag_counts_but_other_dashes_in_the_same_prompt_stay():
+    flags = parse_prompt_flags("the years 1990–2000 — in colour —ar 16:9 –no sepia")
+    assert flags == PromptFlags("the years 1990–2000 — in colour", (16, 9), negative_prompt="sepia")
+
+
 def test_all_flags():
     flags = parse_prompt_flags("a castle at dawn --ar 16:9 --seed 42 --no text, watermark --steps 6")
     assert flags == PromptFlags("a castle at dawn", (16, 9), 42, "text, watermark", 6)
+
+
+@pytest.mark.parametrize(
+    ("value", "aspect"),
+    [
+        ("16:1", (16, 1)),
+        ("1:16", (1, 16)),
+        ("2.39:1", (239, 100)),
+        ("1.5:1", (3, 2)),
+        ("0.0002:0.0001", (2, 1)),
+        ("0.00001:0.000001", (10, 1)),
+    ],
+)
+def test_aspect_ratios_up_to_16_to_1_and_decimals(value, aspect):
+    assert parse_prompt_flags(f"a cat --ar {value}").aspect == aspect
 
 
 def test_em_dash_from_a_phone_counts_as_double_dash():
@@ -38,6 +74,11 @@ def test_em_dash_from_a_phone_counts_as_double_dash():
         ("a cat --steps many", "needs a whole number"),
         ("a cat --stylize 100", "Unknown flag `--stylize`"),
         ("a cat --seed 1 --seed 2", "given twice"),
+        ("a cat --ar 0.0001:1", "`--ar 0.0001:1` is too tall; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 1:0.0004", "`--ar 1:0.0004` is too wide; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 100000:1", "too wide"),
+        ("a cat --ar 1:17", "too tall"),
+        ("a cat --ar 16.5:1", "too wide"),
     ],
 )
 def test_malformed_flags_say_what_to_change(prompt, message):
@@ -59,3 +100,42 @@ def test_malformed_flags_say_what_to_change(prompt, message):
 )
 def test_aspect_ratio_picks_the_nearest_allowed_size(aspect, size):
     assert nearest_size(aspect, SIZES) == ImageSize.parse(size)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a cat --ar 0.0001:1", "`--ar 0.0001:1` is too tall; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 1:0.0004", "`--ar 1:0.0004` is too wide; use a ratio from 1:16 to 16:1"),
+        ("a cat --ar 100000:1", "`--ar 100000:1` is too wide"),
+    ],
+)
+async def test_extreme_ratios_through_imagine_say_what_to_change_and_queue_nothing(
+    start_bot, discord_api, prompt, expected
+):
+    from test_generation_cog import reply_text
+
+    running = await start_bot()
+    message = await reply_text(discord_api, await discord_api.invoke("imagine", {"prompt": prompt}))
+    assert message.ephemeral and expected in message.content
+    assert "Something went wrong" not in message.content
+    assert running.bot.store.get(1) is None and len(running.runner.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a cat --seed " + "9" * 5000, "`--seed` must be from 0 to 4294967295 (got 999"),
+        ("a cat --steps " + "0" * 4999 + "7", None),
+        ("a cat --ar " + "1" * 5000 + ":1", "is not an aspect ratio"),
+        ("a cat --ar 1:" + "0" * 5000 + "1", "is not an aspect ratio"),
+        ("a cat --" + "x" * 5000, "Unknown flag `--xxx"),
+    ],
+)
+def test_huge_numbers_and_names_get_a_short_what_to_change_error(prompt, message):
+    if message is None:
+        assert parse_prompt_flags(prompt).steps == 7
+        return
+    with pytest.raises(InvalidRequest, match=re.escape(message)) as caught:
+        parse_prompt_flags(prompt)
+    assert len(str(caught.value)) < 200  # fits a Discord message, with room to spare

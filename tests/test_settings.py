@@ -128,3 +128,43 @@ def test_dotenv_is_read_and_real_environment_wins(tmp_path):
     # ...but OFFLOAD only comes from .env, so the file was read.
     assert result.returncode == 2
     assert "OFFLOAD='bogus-from-dotenv'" in result.stderr
+
+
+def test_the_token_is_in_no_repr_or_str():
+    settings = Settings.from_env({"DISCORD_TOKEN": "MTIz.secret-token-value"})
+    assert settings.discord_token == "MTIz.secret-token-value"
+    for text in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        assert "secret-token-value" not in text
+
+
+@pytest.mark.parametrize("command", [["run"], ["generate", "a cat"]])
+def test_unwritable_output_dir_exits_2_naming_it_before_loading(tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = tiny_env(tmp_path, DISCORD_TOKEN="abc", OUTPUT_DIR=str(blocker / "outputs"))
+    result = _cli(command, env, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"zimage-bot: configuration error: OUTPUT_DIR='{blocker / 'outputs'}' is not valid")
+    assert "a folder the bot can create and write" in lines[0]
+    assert not (tmp_path / "data").exists()  # not even the job store was opened
+
+
+def test_output_dir_is_created_when_missing(tmp_path):
+    from bot.settings import check_writable_folder
+
+    folder = tmp_path / "new" / "outputs"
+    check_writable_folder("OUTPUT_DIR", folder)
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_discord_unreachable_at_start_is_one_line_and_exit_1(tmp_path, hub_cache):
+    env = tiny_env(tmp_path, hub_cache, DISCORD_TOKEN="abc", DISCORD_API_BASE="http://127.0.0.1:9/api/v10")
+    result = _cli(["run"], env, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "could not connect to Discord" in line]
+    assert line.startswith("zimage-bot: could not connect to Discord at http://127.0.0.1:9/api/v10 (")
+    assert "DISCORD_API_BASE" in line
+    assert result.stderr.index("model ready") < result.stderr.index(line)

@@ -88,9 +88,26 @@ class ZImageBot(commands.Bot):
         if previous == fingerprint:
             log.info("slash commands unchanged since the last sync; not syncing")
             return False
-        synced = await self.tree.sync(guild=guild)
-        await asyncio.to_thread(state_file.write_text, fingerprint)
         where = f"guild {self.settings.dev_guild_id}" if guild else "all guilds (may take a while to show)"
+        try:
+            synced = await self.tree.sync(guild=guild)
+        except discord.HTTPException as error:
+            # The commands synced before stay registered with Discord and keep working, so a failed
+            # sync is no reason to stop serving; without the record it is tried again at the next start.
+            hint = (
+                "is the bot in that guild, invited with applications.commands? Fix DEV_GUILD_ID or re-invite"
+                if guild is not None and error.status == 403
+                else "tried again at the next start"
+            )
+            log.warning(
+                "could not sync slash commands to %s: Discord answered %d %s (%s); serving the commands synced before",
+                where,
+                error.status,
+                error.text or type(error).__name__,
+                hint,
+            )
+            return False
+        await asyncio.to_thread(state_file.write_text, fingerprint)
         log.info("synced %d slash commands to %s", len(synced), where)
         return True
 

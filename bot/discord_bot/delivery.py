@@ -14,12 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import discord
-from PIL import Image
 
 from bot.discord_bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
 from bot.guild_settings import GuildSettings, NsfwPolicy
+from bot.image_files import files_for_upload
 from bot.jobs.runner import ActiveJob, OutputFile
 from bot.moderation import ImageAction, image_actions, mentions_minors
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 MIN_EDIT_INTERVAL = 1.5
 # Stop using the interaction token a little before its 15 minutes are up.
 TOKEN_LIFETIME = 14 * 60
+# The interaction's own message in webhook routes; discord.py types message ids as int, so Any.
+ORIGINAL: Any = "@original"
 # Error codes that mean "this interaction token can no longer be used".
 DEAD_TOKEN_CODES = {50027, 10015, 10062, 10008}
 
@@ -86,7 +89,7 @@ class DiscordJobPresenter:
                 live.last_edit = time.monotonic()
                 try:
                     await self._webhook(job).edit_message(
-                        "@original",
+                        ORIGINAL,
                         content=status_text(job, self._paused()),
                         view=cancel_view(job.job_id),
                         embeds=[],
@@ -113,7 +116,7 @@ class DiscordJobPresenter:
         await self._after_notice(job)
         if self._token_usable(job):
             try:
-                await self._webhook(job).edit_message("@original", content=text, view=None, embeds=[], attachments=[])
+                await self._webhook(job).edit_message(ORIGINAL, content=text, view=None, embeds=[], attachments=[])
                 return
             except discord.HTTPException as error:
                 if not _token_dead(error):
@@ -125,12 +128,15 @@ class DiscordJobPresenter:
         await self._finish_live(job)
         await self._after_notice(job)
         shown, note = await self.apply_channel_policy(job, files)
-        uploads = await asyncio.to_thread(_read_for_upload, [file for file, _ in shown], job.attachment_size_limit)
+        uploads, as_jpeg = await asyncio.to_thread(
+            files_for_upload, [file.path for file, _ in shown], job.attachment_size_limit
+        )
         spoilers = [spoiler for _, spoiler in shown]
         uploads = [
             ("SPOILER_" + name if spoiler else name, data)
             for (name, data), spoiler in zip(uploads, spoilers, strict=True)
         ]
+        notes = "\n".join(filter(None, [note, "The full-size PNG is kept on the server." if as_jpeg else None]))
         record = job.record
         embed = result_embed(
             job.request,
@@ -147,8 +153,8 @@ class DiscordJobPresenter:
         if self._token_usable(job):
             try:
                 await self._webhook(job).edit_message(
-                    "@original",
-                    content=note,
+                    ORIGINAL,
+                    content=notes or None,
                     embed=embed,
                     attachments=_files(uploads),
                     view=result_view(job.job_id),
@@ -162,7 +168,7 @@ class DiscordJobPresenter:
                 )
         reason = "the bot restarted" if job.resumed else "the request took longer than Discord allows for replies"
         await self._channel(job).send(
-            f"<@{job.user_id}> here is your image (posted here because {reason})." + (f"\n{note}" if note else ""),
+            f"<@{job.user_id}> here is your image (posted here because {reason})." + (f"\n{notes}" if notes else ""),
             embed=embed,
             files=_files(uploads),
             view=result_view(job.job_id),
@@ -237,7 +243,7 @@ class DiscordJobPresenter:
 
     async def _edit_quietly(self, job: ActiveJob, webhook: discord.Webhook, **changes) -> None:
         try:
-            await webhook.edit_message("@original", **changes)
+            await webhook.edit_message(ORIGINAL, **changes)
         except Exception as error:  # best effort: the result itself goes to the channel regardless
             log.warning("could not update the message of job %d: %s", job.job_id, error)
 
@@ -254,7 +260,7 @@ class DiscordJobPresenter:
         if webhook is None:
             return False  # (a stored status_message_id would allow this check with the bot token)
         try:
-            message = await webhook.fetch_message("@original")
+            message = await webhook.fetch_message(ORIGINAL)
         except discord.HTTPException:
             return False
         return bool(message.attachments) and any(
@@ -272,6 +278,7 @@ class DiscordJobPresenter:
         )
 
     def _webhook(self, job: ActiveJob) -> discord.Webhook:
+        assert job.application_id is not None and job.record.interaction_token is not None, "see _token_usable"
         return discord.Webhook.partial(job.application_id, job.record.interaction_token, client=self.bot)
 
     def _channel(self, job: ActiveJob) -> discord.PartialMessageable:
@@ -319,26 +326,3 @@ def _only(user_id: int) -> discord.AllowedMentions:
 
 def _files(uploads: list[tuple[str, bytes]]) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in uploads]
-
-
-def _read_for_upload(files: list[OutputFile], limit: int) -> list[tuple[str, bytes]]:
-    """The saved PNGs, or JPEG copies when together they are over the upload limit (blocking)."""
-    uploads = [(file.path.name, file.path.read_bytes()) for file in files]
-    if sum(len(data) for _, data in uploads) <= limit:
-        return uploads
-    for quality, scale in ((92, 1.0), (85, 1.0), (80, 0.75), (75, 0.5)):
-        converted = []
-        for file in files:
-            with Image.open(file.path) as image:
-                rgb = image.convert("RGB")
-                if scale != 1.0:
-                    rgb = rgb.resize((int(rgb.width * scale), int(rgb.height * scale)), Image.LANCZOS)
-                buffer = io.BytesIO()
-                rgb.save(buffer, format="JPEG", quality=quality)
-            converted.append((file.path.with_suffix(".jpg").name, buffer.getvalue()))
-        if sum(len(data) for _, data in converted) <= limit:
-            log.info(
-                "results over the %d-byte upload limit: sent as JPEG (quality %d, scale %.2f)", limit, quality, scale
-            )
-            return converted
-    return converted

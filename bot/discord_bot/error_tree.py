@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -33,8 +34,6 @@ def user_message(error: BaseException) -> tuple[str, bool]:
         error = error.__cause__
     if isinstance(error, USER_FACING):
         return str(error), True
-    if isinstance(error, app_commands.CommandOnCooldown):
-        return f"Slow down: try again in {error.retry_after:.0f} s.", True
     if isinstance(error, app_commands.CheckFailure):
         return "You are not allowed to use this command.", True
     return "", False
@@ -63,7 +62,8 @@ async def send_private(interaction: discord.Interaction, text: str) -> None:
 def _describe(interaction: discord.Interaction) -> str:
     if interaction.command is not None:
         return f"/{interaction.command.qualified_name} (user {interaction.user.id})"
-    custom_id = (interaction.data or {}).get("custom_id", "?")
+    data: dict[str, Any] = dict(interaction.data or {})
+    custom_id = data.get("custom_id", "?")
     return f"component {custom_id} (user {interaction.user.id})"
 
 

@@ -185,6 +185,7 @@ class JobRunner:
     async def discard(self, record: JobRecord) -> None:
         """A recorded job whose acknowledgement failed: the user never saw it accepted."""
         self.queue.release(record.user_id)
+        assert record.id is not None, "a recorded job has an id"
         await asyncio.to_thread(
             self.store.transition, record.id, [JobState.QUEUED], JobState.CANCELLED, finished_at=time.time()
         )

@@ -15,6 +15,8 @@ class Fp8Linear(torch.nn.Module):
     FP8 tensor cores (Ada, Hopper and newer), at a small cost in precision."""
 
     FP8_MAX = 448.0  # the largest e4m3 value
+    weight_fp8: torch.Tensor
+    weight_scale: torch.Tensor
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()

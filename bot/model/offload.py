@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -12,13 +14,13 @@ def apply_offload(pipe, mode: str, device: torch.device) -> None:
     models at every call."""
     from diffusers.hooks import apply_group_offloading
 
-    options = dict(
-        onload_device=device,
-        offload_device=torch.device("cpu"),
-        offload_type="block_level",
-        num_blocks_per_group=1,
-        use_stream=True,
-    )
+    options: dict[str, Any] = {
+        "onload_device": device,
+        "offload_device": torch.device("cpu"),
+        "offload_type": "block_level",
+        "num_blocks_per_group": 1,
+        "use_stream": True,
+    }
     pipe.transformer.enable_group_offload(**options)
     pipe.vae.to(device)
     if mode == "sequential":

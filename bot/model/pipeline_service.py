@@ -15,9 +15,11 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from bot.generation import (
     CancelToken,
@@ -42,17 +44,20 @@ import diffusers
 import torch
 
 # Imported here rather than on first use (diffusers imports the pipeline, and with it transformers,
-# lazily), so that the 4-5 s this takes are paid with the other imports, not inside the model load.
+# lazily), so that the seconds this takes are paid with the other imports, not inside the model load.
 from diffusers import ZImagePipeline
+from PIL import Image
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Two warm-up prompts whose captions differ in length (in tokens, and so in padded caption blocks of 32).
 # Compiled blocks are specialised to the first shapes they see until a shape changes; then the
 # compiler makes the changing dimension dynamic (automatic dynamic shapes), so that prompts of any
 # length and every image size reuse the compiled code instead of recompiling, for seconds, on a
 # user's request. With the real model the first call already generalises (the image and caption
-# refiners share the block's code and differ in length); the second, 0.5 s, is insurance that the
+# refiners share the block's code and differ in length); the second, a short one, is insurance that the
 # caption length is dynamic whatever the block order (with diffusers' tiny test model it is needed).
 # compile_repeated_blocks(dynamic=True) would need one call, but compiles every dimension dynamic,
 # which made steady generation many times slower (tiny model, CPU; bench/README.md).
@@ -96,8 +101,6 @@ class LoadReport:
     from_cache: bool
     load_seconds: float
     warmup_seconds: float
-    device: str
-    dtype: str
 
 
 class PipelineService:
@@ -110,7 +113,6 @@ class PipelineService:
         self.compile = _pick_compile(settings, self.device)
         self.state = ServiceState.NEW
         self.load_report: LoadReport | None = None
-        self.error: str | None = None
         self._pipe: ZImagePipeline | None = None
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
@@ -127,9 +129,8 @@ class PipelineService:
             self.state = ServiceState.LOADING
         try:
             self.load_report = self._worker.submit(self._load_and_warm_up, warm_up).result()
-        except BaseException as error:
+        except BaseException:
             self.state = ServiceState.FAILED
-            self.error = str(error)
             raise
         self.state = ServiceState.READY
         return self.load_report
@@ -181,6 +182,14 @@ class PipelineService:
             per_image = seconds * work / (steps * size.pixels)
         return per_image * request.count
 
+    def call_on_worker(self, function: Callable[[ZImagePipeline], T]) -> T:
+        """Run `function(pipeline)` on the worker thread and wait for it: for measurements and checks
+        that need the pipeline itself (the benchmark), without a second thread ever touching it."""
+        pipe = self._pipe
+        if pipe is None or not self.ready:
+            raise GenerationError(f"the model is not ready (state: {self.state.value})")
+        return self._worker.submit(function, pipe).result()
+
     def gpu_memory(self) -> GpuMemory | None:
         if self.device.type != "cuda":
             return None
@@ -215,7 +224,7 @@ class PipelineService:
             download_model(settings.model_id, settings.model_revision)
 
         started = time.perf_counter()
-        self._pipe = self._from_pretrained()
+        self._pipe = self._load_pipeline()
         load_seconds = time.perf_counter() - started
         log.info(
             "loaded in %.1f s (%s) on %s as %s",
@@ -232,7 +241,31 @@ class PipelineService:
             self._warm_up()
             warmup_seconds = time.perf_counter() - started
             log.info("warm-up took %.1f s", warmup_seconds)
-        return LoadReport(from_cache, load_seconds, warmup_seconds, str(self.device), _dtype_name(self.dtype))
+        return LoadReport(from_cache, load_seconds, warmup_seconds)
+
+    def _load_pipeline(self) -> ZImagePipeline:
+        try:
+            return self._from_pretrained()
+        except ModelLoadError:
+            raise
+        except Exception as error:
+            if not _out_of_memory(error):
+                raise
+            self._free_memory()
+            raise ModelLoadError(self._out_of_memory_advice("while loading the model")) from error
+
+    def _out_of_memory_advice(self, when: str) -> str:
+        """What to change when the model does not fit: the next lighter OFFLOAD mode, or more memory."""
+        if self.device.type != "cuda":
+            return (
+                f"the computer ran out of memory {when} on {self.device}; free some memory or use a machine with more"
+            )
+        total = torch.cuda.get_device_properties(self.device.index or 0).total_memory / 2**30
+        fix = {
+            "none": "set OFFLOAD=model (the transformer streams from system RAM) or use a GPU with more memory",
+            "model": "set OFFLOAD=sequential (the text encoder streams too) or use a GPU with more memory",
+        }.get(self.settings.offload, "use a GPU with more memory, or stop other programs that use it")
+        return f"the GPU ({total:.0f} GiB) ran out of memory {when} with OFFLOAD={self.settings.offload}: {fix}"
 
     def _from_pretrained(self) -> ZImagePipeline:
         settings = self.settings
@@ -243,8 +276,8 @@ class PipelineService:
         kwargs["dtype" if _diffusers_at_least(0, 42) else "torch_dtype"] = self.dtype
         if offload == "none" and self.device.type == "cuda":
             # Straight onto the GPU, shard by shard (in parallel: HF_ENABLE_PARALLEL_LOADING above),
-            # cast to bf16 on the way: no copy of the model in host memory. H100: 5.9 s, against about
-            # 8 s for loading on the CPU and then .to("cuda") (bench/RESULTS.md).
+            # cast to bf16 on the way: no copy of the model in host memory, faster than loading on the
+            # CPU and then .to("cuda") (bench/RESULTS.md).
             kwargs["device_map"] = str(self.device)
         try:
             pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
@@ -256,7 +289,16 @@ class PipelineService:
         if offload == "none" and self.device.type != "cuda":
             pipe.to(self.device)
         elif offload != "none":
-            apply_offload(pipe, offload, self.device)
+            try:
+                apply_offload(pipe, offload, self.device)
+            except Exception as error:
+                if _out_of_memory(error):
+                    raise
+                log.debug("OFFLOAD=%s failed", offload, exc_info=True)
+                raise ModelLoadError(
+                    f"OFFLOAD={offload} could not be set up ({_one_line(error)}); set OFFLOAD=none, "
+                    "or update diffusers and accelerate"
+                ) from error
         pipe.set_progress_bar_config(disable=True)
         if settings.attention_backend:
             try:
@@ -279,6 +321,34 @@ class PipelineService:
         return pipe
 
     def _warm_up(self) -> None:
+        """Warm up; a compiler failure (a missing C++ compiler, a Triton error) falls back to the
+        uncompiled model with a warning instead of stopping the bot, and running out of memory says
+        which OFFLOAD mode to use."""
+        try:
+            self._warm_up_calls()
+        except Exception as error:
+            if _out_of_memory(error):
+                self._free_memory()
+                size = self.settings.default_size
+                raise ModelLoadError(self._out_of_memory_advice(f"while warming up at {size}")) from error
+            if not self.compile:
+                log.debug("warm-up failed", exc_info=True)
+                raise ModelLoadError(f"the warm-up generation failed ({_one_line(error)})") from error
+            log.warning(
+                "compiling the transformer failed (%s); running it uncompiled (slower). Set COMPILE=0 to skip "
+                "compiling, or fix the compiler (LOG_LEVEL=DEBUG shows the details)",
+                _one_line(error),
+            )
+            log.debug("the compile failure", exc_info=True)
+            # A fresh, uncompiled copy: no compiled block and no half-built compiler state survives.
+            self._pipe = None
+            torch.compiler.reset()
+            self._free_memory()
+            self.compile = False
+            self._pipe = self._load_pipeline()
+            self._warm_up()
+
+    def _warm_up_calls(self) -> None:
         """Real generations, so the first user's image is as fast as every later one.
 
         Without compilation one image at the default size pays the first-call costs (CUDA kernels
@@ -286,17 +356,17 @@ class PipelineService:
         one-step generations compile the blocks for every image size and caption length (see
         WARMUP_PROMPTS). The other offered sizes are not warmed: they reuse the compiled code
         (measured, no recompilation), and the first image at a new size or caption length costs
-        0.1-0.2 s more, once (per-shape set-up outside the compiled code, such as cuDNN's), while
-        warming the 10 other default sizes would cost about 0.5 s each at every start.
+        a little more, once (per-shape set-up outside the compiled code, such as cuDNN's), while
+        warming the other default sizes would cost a generation each at every start (bench/README.md).
         """
         size = self.settings.default_size
         if not self.compile:
             request = GenerationRequest(WARMUP_PROMPTS[0], size, self.settings.default_steps, seed=0)
-            self._generate(request, None, CancelToken())
+            self._run(request, None, CancelToken())
             return
         steps = min(COMPILE_WARMUP_STEPS, self.settings.default_steps)
         for number, prompt in enumerate(WARMUP_PROMPTS, start=1):
-            result = self._generate(GenerationRequest(prompt, size, steps, seed=0), None, CancelToken())
+            result = self._run(GenerationRequest(prompt, size, steps, seed=0), None, CancelToken())
             log.info("warm-up call %d of %d (compiling) took %.1f s", number, len(WARMUP_PROMPTS), result.seconds)
         # Those calls were mostly compilation: no speed figure is better than a badly wrong one.
         # The first real job measures it (queue estimates are missing only until then).
@@ -307,15 +377,9 @@ class PipelineService:
     ) -> GenerationResult:
         if cancel.cancelled:
             raise GenerationCancelled("cancelled before it started")
-        pipe = self._pipe
-        assert pipe is not None, "generation before load"
-        images = []
-        step_seconds: list[float] = []
-        started = time.perf_counter()
         try:
-            for index, seed in enumerate(request.seeds()):
-                images.append(self._generate_one(pipe, request, seed, index, progress, cancel, step_seconds))
-        except (GenerationCancelled, OutOfMemory):
+            return self._run(request, progress, cancel)
+        except GenerationCancelled:
             raise
         except torch.OutOfMemoryError as error:
             self._free_memory()
@@ -327,18 +391,31 @@ class PipelineService:
             log.exception("generation failed for %r", request)
             self._free_memory()
             raise GenerationError(f"the model failed on this request ({type(error).__name__})") from error
+
+    def _run(
+        self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
+    ) -> GenerationResult:
+        pipe = self._pipe
+        assert pipe is not None, "generation before load"
+        started = time.perf_counter()
+        images = [
+            self._generate_one(pipe, request, seed, index, progress, cancel)
+            for index, seed in enumerate(request.seeds())
+        ]
         seconds = time.perf_counter() - started
         self._record_speed(request, seconds)
-        return GenerationResult(request, images, request.seeds(), seconds, step_seconds)
+        return GenerationResult(request, images, request.seeds(), seconds)
 
-    def _generate_one(self, pipe, request, seed, index, progress, cancel, step_seconds):
-        last_step_at = time.perf_counter()
-
-        def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
-            nonlocal last_step_at
-            now = time.perf_counter()
-            step_seconds.append(now - last_step_at)
-            last_step_at = now
+    def _generate_one(
+        self,
+        pipe: Any,  # a ZImagePipeline: its decorated __call__ is opaque to type checkers
+        request: GenerationRequest,
+        seed: int,
+        index: int,
+        progress: ProgressCallback | None,
+        cancel: CancelToken,
+    ) -> Image.Image:
+        def on_step_end(_pipe: Any, step: int, _timestep: Any, callback_kwargs: dict) -> dict:
             if progress is not None:
                 progress(StepProgress(step + 1, request.steps, index))
             if cancel.cancelled:
@@ -373,6 +450,20 @@ class PipelineService:
             torch.cuda.empty_cache()
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """CUDA's out-of-memory error, or the CPU allocator's (which torch raises as a RuntimeError)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one short line: compiler errors run to pages."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -402,8 +493,8 @@ def _pick_compile(settings: Settings, device: torch.device) -> bool:
 
 def _use_persistent_compile_cache(cache_dir: Path) -> None:
     """Keep inductor's compiled kernels and graphs in DATA_DIR, so a restart loads them instead of
-    compiling again (H100: warm-up 21 s at the first start, 9 s at a restart, bench/RESULTS.md;
-    what remains is dynamo tracing the blocks again, which no cache of this torch version skips).
+    compiling again (bench/RESULTS.md compares the warm-up of a first start and a restart; what
+    remains is dynamo tracing the blocks again, which no cache of this torch version skips).
 
     An operator's own TORCHINDUCTOR_CACHE_DIR wins. The directory is read when compiling starts,
     so setting it here, after import, still takes effect; the caches are switched on explicitly
