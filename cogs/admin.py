@@ -1,8 +1,8 @@
-"""Admin-only commands: /cache-check, /pause and /resume.
+"""Operator-only commands: /cache-check, /pause and /resume.
 
-Who is an admin: a user id in ADMIN_USER_IDS, or anyone with the Administrator permission in the
-guild. `default_permissions` only hides the commands in Discord's client; the check here is what
-actually keeps everyone else out.
+Operators are the application's owner (or its team) and ADMIN_USER_IDS; a server's own admins are
+not (bot/discord_bot/permissions.py). `default_permissions` only hides the commands in Discord's
+client; the check here is what actually keeps everyone else out.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot.error_tree import NotAllowed
+from bot.discord_bot.permissions import operators_only
 from bot.model.cache_report import CLASSIFIER, CacheReport, inspect_cache
 
 
@@ -27,24 +27,15 @@ def report_embed(title: str, report: CacheReport) -> discord.Embed:
     return embed
 
 
-def admin_only():
-    async def predicate(interaction: discord.Interaction) -> bool:
-        if not interaction.client.is_admin(interaction):  # type: ignore[attr-defined]
-            raise NotAllowed("This command is for the bot's admins only.")
-        return True
-
-    return app_commands.check(predicate)
-
-
 class Admin(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
 
     @app_commands.command(name="cache-check")
     @app_commands.default_permissions(administrator=True)
-    @admin_only()
+    @operators_only()
     async def cache_check(self, interaction: discord.Interaction) -> None:
-        """Report on the model in the Hugging Face cache (admins)."""
+        """Report on the model in the Hugging Face cache (operators)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         settings = self.bot.settings
         # Scanning a 33 GB cache touches many files: never on the event loop.
@@ -57,17 +48,17 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="pause")
     @app_commands.default_permissions(administrator=True)
-    @admin_only()
+    @operators_only()
     async def pause(self, interaction: discord.Interaction) -> None:
-        """Stop starting queued jobs; the running one finishes (admins)."""
+        """Stop starting queued jobs; the running one finishes (operators)."""
         await self.bot.runner.set_paused(True)
         await interaction.response.send_message("⏸️ Queue paused. `/resume` starts it again.", ephemeral=True)
 
     @app_commands.command(name="resume")
     @app_commands.default_permissions(administrator=True)
-    @admin_only()
+    @operators_only()
     async def resume(self, interaction: discord.Interaction) -> None:
-        """Start running queued jobs again (admins)."""
+        """Start running queued jobs again (operators)."""
         await self.bot.runner.set_paused(False)
         await interaction.response.send_message("▶️ Queue resumed.", ephemeral=True)
 

@@ -10,8 +10,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot.error_tree import NotAllowed, answer_privately_from_now_on, report_error
+from bot.discord_bot.error_tree import answer_privately_from_now_on, report_error
+from bot.discord_bot.guild_rules import check_imagine_allowed
 from bot.discord_bot.job_messages import JobButton, info_embed
+from bot.discord_bot.permissions import may_see_job, no_such_job, require_job_manager
 from bot.generation import (
     MAX_COUNT,
     MAX_GUIDANCE,
@@ -83,6 +85,7 @@ class Generation(commands.Cog):
         self, interaction: discord.Interaction, request: GenerationRequest, *, kind: str, parent_id: int | None = None
     ) -> None:
         """Record, acknowledge at once, then queue the job. Refusals are private and queue nothing."""
+        request = await check_imagine_allowed(interaction, request, self.bot.store, clamp=kind != "imagine")
         self.runner.reserve(interaction.user.id)
         record = new_record(
             request,
@@ -118,7 +121,7 @@ class Generation(commands.Cog):
 
     async def cancel_job(self, interaction: discord.Interaction, job_id: int) -> None:
         record = await self._stored_job(job_id)  # one short read; everything slow comes after the answer
-        self._require_owner_or_admin(interaction, record.user_id, "cancel this job")
+        await require_job_manager(interaction, record, "cancel it")
         await interaction.response.defer(ephemeral=True, thinking=True)
         outcome = await self.runner.cancel(job_id, interaction.user.id)
         await interaction.followup.send(f"Job {job_id}: {outcome}.", ephemeral=True)
@@ -143,6 +146,8 @@ class Generation(commands.Cog):
             return
         record = await self._stored_job(job_id)
         if action == "info":
+            if not await may_see_job(interaction, record):
+                raise InvalidRequest(no_such_job(job_id))
             await interaction.response.send_message(embed=info_embed(record, self.settings.model_id), ephemeral=True)
         elif action in ("reroll", "variations"):
             count = record.count if action == "reroll" else MAX_COUNT
@@ -157,15 +162,11 @@ class Generation(commands.Cog):
             )
             await self.enqueue(interaction, request, kind=action, parent_id=job_id)
         elif action == "delete":
-            self._require_owner_or_admin(interaction, record.user_id, "delete this image")
+            await require_job_manager(interaction, record, "delete it")
             await interaction.response.defer(ephemeral=True, thinking=True)
             if interaction.message is not None:
                 await interaction.message.delete()
             await interaction.followup.send("🗑️ Deleted.", ephemeral=True)
-
-    def _require_owner_or_admin(self, interaction: discord.Interaction, owner_id: int, what: str) -> None:
-        if interaction.user.id != owner_id and not self.bot.is_admin(interaction):
-            raise NotAllowed(f"Only the person who asked for it or an admin can {what}.")
 
 
 def _imagine_command(cog: Generation) -> app_commands.Command:

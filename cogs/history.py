@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot.job_messages import info_embed, quote
+from bot.discord_bot.permissions import may_see_job, no_such_job
 from bot.generation import InvalidRequest
 
 HISTORY_LENGTH = 10
@@ -41,8 +42,9 @@ class History(commands.Cog):
     async def info(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
         """Every parameter of one job."""
         record = await asyncio.to_thread(self.bot.store.get, job)
-        if record is None:
-            raise InvalidRequest(f"There is no job {job} (old jobs are removed after a while).")
+        # A job of another server (or someone else's DM) is answered exactly as one that does not exist.
+        if record is None or not await may_see_job(interaction, record):
+            raise InvalidRequest(no_such_job(job))
         await interaction.response.send_message(embed=info_embed(record, self.bot.settings.model_id), ephemeral=True)
 
 

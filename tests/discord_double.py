@@ -36,7 +36,7 @@ SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "discord-api-spec" 
 API_PREFIX = "/api/v10"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
-ADMINISTRATOR, SEND_MESSAGES, ATTACH_FILES = 1 << 3, 1 << 11, 1 << 15
+ADMINISTRATOR, MANAGE_GUILD, SEND_MESSAGES, ATTACH_FILES = 1 << 3, 1 << 5, 1 << 11, 1 << 15
 # View channel, send messages, embed links, attach files, read history, use application commands.
 MEMBER_PERMISSIONS = (1 << 10) | SEND_MESSAGES | (1 << 14) | ATTACH_FILES | (1 << 16) | (1 << 31)
 ALL_PERMISSIONS = (1 << 50) - 1
@@ -281,6 +281,10 @@ def _walk(components: list) -> list[dict]:
     return found
 
 
+def _role(role: dict) -> dict:
+    return {"color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0, **role}
+
+
 def _member(user: dict, roles: list[str], **extra: Any) -> dict:
     return {"user": user, "roles": roles, "joined_at": _iso(time.time()), "flags": 0, "nick": None, **extra}
 
@@ -293,7 +297,8 @@ def _iso(wall_time: float) -> str:
 
 
 class DiscordDouble:
-    """Discord's REST API and gateway for one bot, one guild and one text channel."""
+    """Discord's REST API and gateway for one bot, one guild and one text channel; tests may add guilds,
+    channels (age-restricted ones too), threads, roles and an application team."""
 
     def __init__(
         self,
@@ -322,9 +327,12 @@ class DiscordDouble:
         self.bot_user = DiscordUser(self.application_id, "ZImageDouble")
         self.owner = self.make_user("owner", admin=True)
         self.default_user = self.make_user("tester")
-        self.guild_id, self.channel_id, self.bot_role_id = self.next_id(), self.next_id(), self.next_id()
-        general = {"id": self.channel_id, "type": 0, "guild_id": self.guild_id, "name": "general", "position": 0}
-        self.channels: dict[str, dict] = {self.channel_id: {**general, "permission_overwrites": [], "flags": 0}}
+        self.team: list[tuple[DiscordUser, str]] | None = None  # (member, role): the application is team-owned
+        self.guilds: dict[str, dict] = {}  # guild id -> {"name", "bot_role_id", "roles"}
+        self.channels: dict[str, dict] = {}
+        self.guild_id = self.add_guild("Double Guild")
+        self.channel_id = next(c["id"] for c in self.channels.values() if c.get("guild_id") == self.guild_id)
+        self.bot_role_id = self.guilds[self.guild_id]["bot_role_id"]
 
         self.synced_commands: dict[str | None, list[dict]] = {}  # guild id (None: global) -> commands
         self.sync_count = 0  # PUTs of a command list
@@ -402,6 +410,66 @@ class DiscordDouble:
 
     def make_user(self, name: str, *, admin: bool = False, id: str | int | None = None) -> DiscordUser:
         return DiscordUser(str(id) if id is not None else self.next_id(), name, admin)
+
+    def add_guild(self, name: str) -> str:
+        """Another guild the bot is in (announced at the next IDENTIFY), with its own #general; returns its id."""
+        guild_id, bot_role_id = self.next_id(), self.next_id()
+        everyone = {"id": guild_id, "name": "@everyone", "permissions": "0", "position": 0}
+        bot_role = {"id": bot_role_id, "name": "bot", "permissions": str(self.bot_permissions), "position": 1}
+        self.guilds[guild_id] = {"name": name, "bot_role_id": bot_role_id, "roles": [everyone, bot_role]}
+        self.add_channel("general", guild_id=guild_id)
+        return guild_id
+
+    def add_channel(self, name: str, *, guild_id: str | None = None, nsfw: bool = False, type: int = 0) -> str:
+        """A guild channel; `nsfw` marks it age-restricted. Returns its id."""
+        channel_id = self.next_id()
+        guild_id = guild_id or self.guild_id
+        position = sum(1 for c in self.channels.values() if c.get("guild_id") == guild_id)
+        self.channels[channel_id] = {
+            "id": channel_id,
+            "type": type,
+            "guild_id": guild_id,
+            "name": name,
+            "position": position,
+            "permission_overwrites": [],
+            "flags": 0,
+            "nsfw": nsfw,
+        }
+        return channel_id
+
+    def add_thread(self, parent_id: str, name: str = "thread") -> str:
+        """A public thread in `parent_id` (threads have no age restriction of their own)."""
+        parent = self.channels[parent_id]
+        thread_id = self.next_id()
+        self.channels[thread_id] = {
+            "id": thread_id,
+            "type": 11,
+            "guild_id": parent["guild_id"],
+            "parent_id": parent_id,
+            "owner_id": self.owner.id,
+            "name": name,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": _iso(time.time()),
+                "locked": False,
+            },
+        }
+        return thread_id
+
+    def add_role(self, name: str, *, guild_id: str | None = None) -> str:
+        guild = self.guilds[guild_id or self.guild_id]
+        role_id = self.next_id()
+        guild["roles"].append({"id": role_id, "name": name, "permissions": "0", "position": len(guild["roles"])})
+        return role_id
+
+    def guild_of(self, channel_id: str) -> str | None:
+        return self.channels.get(str(channel_id), {}).get("guild_id")
 
     def command(self, name: str) -> tuple[str | None, dict]:
         """The synced definition of /name and its scope (guild id, or None for global)."""
@@ -485,26 +553,37 @@ class DiscordDouble:
         permissions: int | None = None,
         guild: bool = True,
         unchecked: bool = False,
+        channel: str | None = None,
+        roles: list[str] | None = None,
     ) -> InteractionRecord:
         """A user runs /name with these option values; their Discord types come from the synced command.
 
         `unchecked` skips the checks Discord's own client makes (choices, ranges, lengths), as a
-        modified client or a raw API call would: the bot must check everything again itself."""
-        scope, command = self.command(name)
+        modified client or a raw API call would: the bot must check everything again itself.
+        `channel` is where it is run (a guild's channel or thread; default #general of the first guild),
+        `roles` the member's role ids."""
+        top, *subcommands = name.split()  # "settings channels": a subcommand of /settings
+        scope, command = self.command(top)
+        if channel is not None and scope is not None and self.guild_of(channel) != scope:
+            raise ValueError(f"/{name} is synced to guild {scope} only; it cannot be run in channel {channel}")
         if scope is not None and not guild:
             raise ValueError(f"/{name} is synced to the guild only; it cannot be run in a DM")
+        target, path = command, []
+        for sub in subcommands:
+            target = next((o for o in target.get("options") or [] if o["name"] == sub and o["type"] in (1, 2)), {})
+            if not target:
+                raise ValueError(f"/{top} has no subcommand {sub!r}")
+            path.append(target)
         resolved: dict[str, dict] = {}
-        data: dict[str, Any] = {
-            "id": command["id"],
-            "name": name,
-            "type": 1,
-            "options": self._typed_options(command, options or {}, resolved, checked=not unchecked),
-        }
+        typed = self._typed_options(target, options or {}, resolved, checked=not unchecked)
+        for sub in reversed(path):
+            typed = [{"name": sub["name"], "type": sub["type"], "options": typed}]
+        data: dict[str, Any] = {"id": command["id"], "name": top, "type": 1, "options": typed}
         if resolved:
             data["resolved"] = resolved
         if scope is not None:
             data["guild_id"] = scope
-        return await self._dispatch_interaction(2, data, user, permissions, guild, None, name=name)
+        return await self._dispatch_interaction(2, data, user, permissions, guild, channel, name=name, roles=roles)
 
     async def click(
         self,
@@ -514,10 +593,15 @@ class DiscordDouble:
         user: DiscordUser | None = None,
         values: list[str] | None = None,
         permissions: int | None = None,
+        roles: list[str] | None = None,
+        forged: bool = False,
     ) -> InteractionRecord:
-        """A user clicks a button (or picks select `values`) on a message the bot sent."""
+        """A user clicks a button (or picks select `values`) on a message the bot sent. `forged` sends a
+        custom_id the message does not carry, as a modified client could."""
         msg = message if isinstance(message, MessageRecord) else self.messages[str(message)]
         component = next((c for c in _walk(msg.components) if c.get("custom_id") == custom_id), None)
+        if forged:
+            component = {"type": 2, "custom_id": custom_id}
         if component is None or msg.deleted:
             raise ValueError(f"message {msg.id} has no component {custom_id!r}; it has {msg.custom_ids()}")
         if component.get("disabled"):
@@ -527,7 +611,7 @@ class DiscordDouble:
             data["values"] = values
         in_guild = self.channels.get(msg.channel_id, {}).get("type") != 1
         return await self._dispatch_interaction(
-            3, data, user, permissions, in_guild, msg.channel_id, custom_id=custom_id, message=msg
+            3, data, user, permissions, in_guild, msg.channel_id, custom_id=custom_id, message=msg, roles=roles
         )
 
     # interactions
@@ -556,6 +640,18 @@ class DiscordDouble:
                 target = value if isinstance(value, DiscordUser) else self.make_user(str(value), id=value)
                 resolved_out.setdefault("users", {})[target.id] = target.payload()
                 value = target.id
+            elif kind == 7:  # channel: the id, and a partial channel in "resolved"
+                value = str(value)
+                known = self.channels.get(value) or {"id": value, "type": 0, "name": "unknown"}
+                partial = {key: v for key, v in known.items() if key != "guild_id"} | {"permissions": "0"}
+                resolved_out.setdefault("channels", {})[value] = partial
+            elif kind == 8:  # role: the id, and the role in "resolved"
+                value = str(value)
+                role = next(
+                    (r for guild in self.guilds.values() for r in guild["roles"] if r["id"] == value),
+                    {"id": value, "name": "unknown", "permissions": "0", "position": 0},
+                )
+                resolved_out.setdefault("roles", {})[value] = _role(role)
             elif kind not in (3, 4, 5, 10):
                 raise NotImplementedError(f"option type {kind} is not simulated")
             typed.append({"name": name, "type": kind, "value": value})
@@ -586,20 +682,22 @@ class DiscordDouble:
             "app_permissions": str(self.bot_permissions),
             "locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": self.guild_id},
         }
+        roles = record_fields.pop("roles", None) or []
         if in_guild:
             channel = self.channels[channel_id or self.channel_id]
+            guild_id = channel["guild_id"]
             payload |= {
-                "guild_id": self.guild_id,
-                "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
+                "guild_id": guild_id,
+                "guild": {"id": guild_id, "locale": "en-US", "features": []},
                 "guild_locale": "en-US",
                 "context": 0,
-                "member": _member(user.payload(), [], permissions=str(permissions)),
+                "member": _member(user.payload(), roles, permissions=str(permissions)),
+                "authorizing_integration_owners": {"0": guild_id},
             }
         else:
             channel = self._dm_channel(user)
-            payload |= {"user": user.payload(), "context": 1}
+            payload |= {"user": user.payload(), "context": 1, "authorizing_integration_owners": {"1": user.id}}
         payload |= {"channel_id": channel["id"], "channel": channel}
         if record_fields.get("message") is not None:  # a click carries the message it was on
             payload["message"] = self._message_payload(record_fields["message"])
@@ -609,6 +707,10 @@ class DiscordDouble:
         record.dispatched_at = time.monotonic()
         await self._dispatch("INTERACTION_CREATE", payload)
         return record
+
+    def dm_channel(self, user: DiscordUser) -> str:
+        """The id of the DM channel between the bot and `user` (made on first use)."""
+        return self._dm_channel(user)["id"]
 
     def _dm_channel(self, user: DiscordUser) -> dict:
         for channel in self.channels.values():
@@ -856,7 +958,7 @@ class DiscordDouble:
                 "type": 20 if message.interaction.type == 2 else 0,
             }
         if self.channels.get(message.channel_id, {}).get("guild_id"):
-            payload["guild_id"] = self.guild_id
+            payload["guild_id"] = self.channels[message.channel_id]["guild_id"]
         return payload
 
     # login and command sync
@@ -880,13 +982,27 @@ class DiscordDouble:
     async def _application(self, _: web.Request) -> web.Response:
         app = {"id": self.application_id, "name": self.bot_user.name, "description": "", "icon": None}
         owner = {"owner": self.owner.payload(), "verify_key": "0" * 64, "flags": 0}
+        if self.team is not None:
+            # A team-owned application: Discord names a pseudo-user as its owner and lists the team.
+            team_id = str(int(self.application_id) + 1)
+            owner["owner"] = {**DiscordUser(team_id, f"team{team_id}").payload(), "flags": 1024}
+            owner["team"] = {
+                "id": team_id,
+                "name": "Double Team",
+                "icon": None,
+                "owner_user_id": self.team[0][0].id,
+                "members": [
+                    {"membership_state": 2, "team_id": team_id, "user": member.payload(), "role": role}
+                    for member, role in self.team
+                ],
+            }
         return _json({**app, **owner, "bot_public": False, "bot_require_code_grant": False})
 
     def _check_app(self, request: web.Request) -> str | None:
         if request.match_info["app"] != self.application_id:
             raise ApiError(404, 10002, "Unknown Application")
         guild = request.match_info.get("guild")
-        if guild is not None and guild != self.guild_id:
+        if guild is not None and guild not in self.guilds:
             raise ApiError(403, 50001, "Missing Access")
         return guild
 
@@ -1070,13 +1186,14 @@ class DiscordDouble:
             {
                 "v": 10,
                 "user": self._bot_payload(),
-                "guilds": [{"id": self.guild_id, "unavailable": True}],
+                "guilds": [{"id": guild_id, "unavailable": True} for guild_id in self.guilds],
                 "session_id": self.session_id,
                 "resume_gateway_url": self.gateway_url,
                 "application": {"id": self.application_id, "flags": 0},
             },
         )
-        await self._dispatch("GUILD_CREATE", self._guild())
+        for guild_id in self.guilds:
+            await self._dispatch("GUILD_CREATE", self._guild(guild_id))
 
     async def _resume(self, ws: web.WebSocketResponse, data: dict) -> None:
         if data.get("token") != self.valid_token or data.get("session_id") != self.session_id:
@@ -1094,23 +1211,24 @@ class DiscordDouble:
         await target.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
         self._changed()
 
-    def _members(self) -> list[dict]:
-        return [_member(self._bot_payload(), [self.bot_role_id]), _member(self.owner.payload(), [])]
+    def _members(self, guild_id: str | None = None) -> list[dict]:
+        bot_role_id = self.guilds[guild_id or self.guild_id]["bot_role_id"]
+        return [_member(self._bot_payload(), [bot_role_id]), _member(self.owner.payload(), [])]
 
-    def _guild(self) -> dict:
-        everyone = {"id": self.guild_id, "name": "@everyone", "permissions": "0", "position": 0}
-        bot_role = {"id": self.bot_role_id, "name": "bot", "permissions": str(self.bot_permissions), "position": 1}
-        members = self._members()
-        channels = [c for c in self.channels.values() if c.get("guild_id")]
+    def _guild(self, guild_id: str) -> dict:
+        guild = self.guilds[guild_id]
+        guild["roles"][1]["permissions"] = str(self.bot_permissions)  # tests may change the bot's permissions
+        members = self._members(guild_id)
+        mine = [c for c in self.channels.values() if c.get("guild_id") == guild_id]
         return {
-            "id": self.guild_id,
-            "name": "Double Guild",
+            "id": guild_id,
+            "name": guild["name"],
             "owner_id": self.owner.id,
-            "roles": [everyone, bot_role],
+            "roles": [_role(role) for role in guild["roles"]],
             "members": members,
             "member_count": len(members),  # all members present: no chunking wanted
-            "channels": channels,
-            "threads": [],
+            "channels": [c for c in mine if c["type"] not in (10, 11, 12)],
+            "threads": [c for c in mine if c["type"] in (10, 11, 12)],
             "features": [],
             "emojis": [],
             "stickers": [],

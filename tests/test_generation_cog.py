@@ -227,7 +227,7 @@ async def test_reroll_variations_info_and_delete(start_bot, discord_api):
     assert info.embeds[0]["description"] == "a green lamp"
 
     refused = await reply_text(discord_api, await discord_api.click(first, "zimage:delete:1", user=mallory))
-    assert refused.ephemeral and "Only the person who asked for it or an admin" in refused.content
+    assert refused.ephemeral and refused.content.startswith("Only the person who asked for job 1, an admin of")
     assert not first.deleted
     deleted = await reply_text(discord_api, await discord_api.click(first, "zimage:delete:1", user=alice))
     assert deleted.ephemeral
@@ -241,7 +241,7 @@ async def test_cancel_a_queued_job_and_a_running_one(start_bot, discord_api):
     queued = await imagine(discord_api, "a queued cat", alice)
     await discord_api.wait_for(lambda: "Cancel" in str(queued.original.components if queued.original else ""))
     refused = await reply_text(discord_api, await discord_api.click(queued.original, "zimage:cancel:1", user=mallory))
-    assert "Only the person who asked for it or an admin" in refused.content
+    assert "Only the person who asked for job 1, an admin of the server it was made in" in refused.content
     answer = await reply_text(discord_api, await discord_api.click(queued.original, "zimage:cancel:1", user=alice))
     assert answer.ephemeral and answer.content == "Job 1: cancelled before it started."
     await discord_api.wait_for(lambda: queued.original.content.startswith("🚫 Job 1 cancelled before it started"))

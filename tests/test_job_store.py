@@ -87,6 +87,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         finished_at=NOW + 2,
         seconds=1.25,
         delivery_attempts=2,
+        flagged=[True, False],
     )
     added = store.add(job)
     assert added.id is not None
@@ -124,6 +125,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         "finished_at": None,
         "seconds": None,
         "delivery_attempts": 3,
+        "flagged": [False, True],
     }
     assert set(changes) == {f.name for f in dataclasses.fields(JobRecord)} - {"id"}
     expected = dataclasses.replace(added, **{**changes, "state": JobState.DONE, "output_files": ["outputs/c.png"]})
@@ -334,7 +336,7 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert store.update(old.id, delivery_attempts=1).delivery_attempts == 1
 
     conn = sqlite3.connect(data_dir / DB_FILE_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(jobs)")}
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()
@@ -513,3 +515,44 @@ def test_prune_works_in_small_batches_and_takes_undeliverable_jobs(store: JobSto
     assert report == PruneReport(jobs_removed=5, files_removed=5, files_outside_output_dir=0)
     assert not any(path.exists() for path in files)
     assert [job.id for job in store.unfinished()] == [kept.id]
+
+
+def test_flags_round_trip_and_default_to_empty(store: JobStore) -> None:
+    job = store.add(make_job(count=2))
+    assert store.get(job.id).flagged == []
+    assert store.update(job.id, flagged=[False, True]).flagged == [False, True]
+    assert store.get(job.id).flagged == [False, True]
+
+
+def test_guild_settings_are_saved_whole_and_survive_reopening(tmp_path: Path) -> None:
+    from bot.guild_settings import EnhanceDefault, GuildSettings, NsfwPolicy
+
+    with JobStore(tmp_path / "data") as store:
+        assert store.guild_settings(7) == GuildSettings(7)  # the defaults for a server never set up
+        wanted = GuildSettings(
+            7,
+            allowed_channels=(1, 2),
+            nsfw_policy=NsfwPolicy.SPOILER,
+            blocked_words=("gore", "血腥"),
+            daily_limit=20,
+            max_count=2,
+            required_role=99,
+            enhance_default=EnhanceDefault.FORBIDDEN,
+        )
+        assert store.save_guild_settings(wanted).updated_at is not None
+        with pytest.raises(ValueError, match="daily limit"):
+            store.save_guild_settings(GuildSettings(7, daily_limit=5000, blocked_words=("new",)))
+    with JobStore(tmp_path / "data") as store:
+        assert store.guild_settings(7) == wanted  # the refused change left nothing behind
+        assert store.guild_settings(8) == GuildSettings(8)
+
+
+def test_images_since_counts_a_members_images_in_one_server(store: JobStore) -> None:
+    store.add(make_job(count=3, created_at=NOW))
+    store.add(make_job(count=1, created_at=NOW, state=JobState.DELIVERED))
+    store.add(make_job(count=4, created_at=NOW, state=JobState.CANCELLED))  # made nothing
+    store.add(make_job(count=4, created_at=NOW, state=JobState.FAILED))
+    store.add(make_job(count=2, created_at=NOW - DAY))  # yesterday
+    store.add(make_job(count=2, created_at=NOW, guild_id=8))  # another server
+    store.add(make_job(user_id=43, count=2, created_at=NOW))  # another member
+    assert store.images_since(7, 42, NOW - 60) == 4

@@ -25,7 +25,7 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin", "cogs.history")
+EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin", "cogs.history", "cogs.server_settings")
 SYNC_STATE_FILE = "command-sync.json"
 SHUTDOWN_TIMEOUT = 25.0  # the contract allows 30 s for the whole shutdown; keep a margin for closing
 
@@ -62,7 +62,11 @@ class ZImageBot(commands.Bot):
             except Exception:
                 log.exception("could not load %s; the other features still work", extension)
         presenter = DiscordJobPresenter(
-            self, model_id=self.settings.model_id, paused=lambda: self.runner.queue.paused, health=self.runner.health
+            self,
+            model_id=self.settings.model_id,
+            paused=lambda: self.runner.queue.paused,
+            health=self.runner.health,
+            guild_settings=self.store.guild_settings,
         )
         await self.runner.start(presenter)
         await self.sync_commands_if_changed()
@@ -131,12 +135,6 @@ class ZImageBot(commands.Bot):
             await self.runner.stop(timeout=SHUTDOWN_TIMEOUT)
         finally:
             await self.close()
-
-    def is_admin(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id in self.settings.admin_user_ids:
-            return True
-        permissions = interaction.permissions
-        return interaction.guild_id is not None and permissions.administrator
 
 
 def point_at_discord(settings: Settings) -> None:

@@ -22,10 +22,12 @@ from typing import cast
 import discord
 
 from bot.discord_bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
+from bot.guild_settings import GuildSettings, NsfwPolicy
 from bot.image_files import files_for_upload
 from bot.jobs.health import TaskHealth
 from bot.jobs.runner import ActiveJob, OutputFile, Undeliverable
 from bot.jobs.store import JobState
+from bot.moderation import ImageAction, image_actions, mentions_minors
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,19 @@ class _LiveMessage:
 
 class DiscordJobPresenter:
     def __init__(
-        self, bot: discord.Client, *, model_id: str, paused: Callable[[], bool], health: TaskHealth | None = None
+        self,
+        bot: discord.Client,
+        *,
+        model_id: str,
+        paused: Callable[[], bool],
+        health: TaskHealth | None = None,
+        guild_settings: Callable[[int], GuildSettings] = GuildSettings,
     ) -> None:
         self.bot = bot
         self.model_id = model_id
         self._paused = paused
         self.health = health or TaskHealth()
+        self._guild_settings = guild_settings  # blocking (the job store): called in a thread
         self._live: dict[int, _LiveMessage] = {}
         # Jobs whose message holds its final text: a late update must never show them again. Late
         # updates come within seconds, so the most recent few thousand are enough to remember.
@@ -127,8 +136,17 @@ class DiscordJobPresenter:
     async def deliver(self, job: ActiveJob, files: list[OutputFile]) -> int | None:
         await self._finish_live(job)
         await self._after_notice(job)
-        uploads, as_jpeg = await asyncio.to_thread(files_for_upload, [f.path for f in files], job.attachment_size_limit)
-        kept = "\nThe full-size PNG is kept on the server." if as_jpeg else ""
+        shown, note = await self.apply_channel_policy(job, files)
+        uploads, as_jpeg = await asyncio.to_thread(
+            files_for_upload, [file.path for file, _ in shown], job.attachment_size_limit
+        )
+        spoilers = [spoiler for _, spoiler in shown]
+        uploads = [
+            ("SPOILER_" + name if spoiler else name, data)
+            for (name, data), spoiler in zip(uploads, spoilers, strict=True)
+        ]
+        notes = "\n".join(filter(None, [note, "The full-size PNG is kept on the server." if as_jpeg else None]))
+        kept = f"\n{notes}" if notes else ""
         record = job.record
         embed = result_embed(
             job.request,
@@ -136,7 +154,8 @@ class DiscordJobPresenter:
             record.seconds,
             job.job_id,
             self.model_id,
-            uploads[0][0] if uploads else None,
+            # An embed's image shows unblurred, so a spoilered first image stays an attachment.
+            uploads[0][0] if uploads and not spoilers[0] else None,
         )
         if job.resumed and record.delivery_attempts > 1 and await self._already_shown(job):
             log.info("job %d: its result is already in its message; not posting it again", job.job_id)
@@ -147,7 +166,7 @@ class DiscordJobPresenter:
             try:
                 await webhook.edit_message(
                     _own_id(job),
-                    content=kept.strip() or None,
+                    content=notes or None,
                     embed=embed,
                     attachments=_files(uploads),
                     view=result_view(job.job_id),
@@ -214,6 +233,47 @@ class DiscordJobPresenter:
                 f"the channel refused it ({why}) and so did a direct message to the requester ({_describe(error)})"
             ) from error
         return message.id
+
+    async def apply_channel_policy(
+        self, job: ActiveJob, files: list[OutputFile]
+    ) -> tuple[list[tuple[OutputFile, bool]], str | None]:
+        """The files to post, each with whether it goes as a spoiler, and the note that says what was
+        withheld or spoilered. The flags come from the stored job, so a job delivered after a restart
+        is treated the same; withheld files stay saved under OUTPUT_DIR."""
+        flags = list(job.record.flagged)[: len(files)]
+        flags += [False] * (len(files) - len(flags))  # jobs made before the safety check existed
+        if not any(flags):
+            return [(file, False) for file in files], None
+        guild_id = job.record.guild_id
+        policy = (await asyncio.to_thread(self._guild_settings, guild_id)).nsfw_policy if guild_id else NsfwPolicy.BLOCK
+        actions = image_actions(
+            flags,
+            age_restricted=await self._age_restricted(job),
+            policy=policy,
+            prompt_mentions_minors=mentions_minors(job.request.prompt),
+        )
+        shown = [
+            (file, action is ImageAction.SPOILER)
+            for file, action in zip(files, actions, strict=True)
+            if action in (ImageAction.POST, ImageAction.SPOILER)
+        ]
+        log.info("job %d: policy %s, images %s", job.job_id, policy.value, [action.value for action in actions])
+        return shown, withheld_note(actions)
+
+    async def _age_restricted(self, job: ActiveJob) -> bool:
+        """Whether the job's channel is marked NSFW (a thread: its parent). DMs are not; a channel the bot
+        cannot look up counts as not age-restricted, so flagged images are withheld rather than shown."""
+        if job.record.guild_id is None:
+            return False
+        channel = self.bot.get_channel(job.record.channel_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(job.record.channel_id)
+            except discord.HTTPException as error:
+                log.warning("job %d: cannot look up channel %d: %s", job.job_id, job.record.channel_id, error)
+                return False
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        return bool(is_nsfw()) if is_nsfw is not None else False
 
     def resumed(self, job: ActiveJob) -> None:
         """Tell the requester, in the job's own message, that the job survived the restart (in the
@@ -328,3 +388,34 @@ def _only(user_id: int) -> discord.AllowedMentions:
 
 def _files(uploads: list[tuple[str, bytes]]) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in uploads]
+
+
+def withheld_note(actions: list[ImageAction]) -> str | None:
+    """What the job's message says about flagged images, or None when every image is posted as it is."""
+    total = len(actions)
+
+    def some(count: int) -> str:
+        return "The image was" if total == 1 else f"{count} of {total} images were"
+
+    notes = []
+    withheld = actions.count(ImageAction.WITHHOLD)
+    if withheld:
+        them = "it" if total == 1 else "them"
+        notes.append(
+            f"🔞 {some(withheld)} withheld: the safety check flagged {them}. An age-restricted channel shows {them}."
+        )
+    never = actions.count(ImageAction.NEVER)
+    if never:
+        notes.append(
+            f"🚫 {some(never)} withheld and will not be posted anywhere: the safety check flagged "
+            f"{'it' if total == 1 else 'them'} and the prompt mentions minors."
+        )
+    spoilered = actions.count(ImageAction.SPOILER)
+    if spoilered:
+        notes.append(
+            "⚠️ Content note: the safety check flagged this image as possibly NSFW; it is shown as a spoiler."
+            if total == 1
+            else f"⚠️ Content note: the safety check flagged {spoilered} of {total} images as possibly NSFW; "
+            "they are shown as spoilers."
+        )
+    return "\n".join(notes) or None

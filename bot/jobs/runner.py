@@ -389,6 +389,8 @@ class JobRunner:
                     JobState.DONE,
                     output_files=[str(file.path) for file in files],
                     seeds=[file.seed for file in files],
+                    # Stored with the files, so delivery after a restart applies the same channel policy.
+                    flagged=list(result.flagged),
                     seconds=result.seconds,
                     finished_at=time.time(),
                 )

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.guild_settings import EnhanceDefault, GuildSettings, NsfwPolicy
+
 log = logging.getLogger(__name__)
 
 DB_FILE_NAME = "jobs.sqlite3"
@@ -84,6 +86,9 @@ class JobRecord:
     finished_at: float | None = None
     seconds: float | None = None  # generation time of all images together
     delivery_attempts: int = 0
+    # Per output image: the safety check flagged it (or failed on it). Delivery reads it from here,
+    # so a job delivered after a restart obeys the same channel policy.
+    flagged: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class PruneReport:
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))
 _UPDATABLE = frozenset(_FIELD_NAMES) - {"id"}
-_JSON_FIELDS = ("output_files", "seeds")
+_JSON_FIELDS = ("output_files", "seeds", "flagged")
 
 # One entry per schema version: entry N-1 takes the database from version N-1 to N. Entries are
 # statement tuples rather than scripts because `executescript` commits first, and each step must
@@ -158,6 +163,23 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE jobs DROP COLUMN interaction_id",
         "ALTER TABLE jobs DROP COLUMN result_channel_id",
     ),
+    (
+        "ALTER TABLE jobs ADD COLUMN flagged TEXT NOT NULL DEFAULT '[]'",
+        # One row per server that changed its /settings; a server without a row has the defaults.
+        """CREATE TABLE guild_settings (
+            guild_id INTEGER PRIMARY KEY,
+            allowed_channels TEXT NOT NULL DEFAULT '[]',
+            nsfw_policy TEXT NOT NULL DEFAULT 'block',
+            blocked_words TEXT NOT NULL DEFAULT '[]',
+            daily_limit INTEGER NOT NULL DEFAULT 0,
+            max_count INTEGER NOT NULL DEFAULT 4,
+            required_role INTEGER,
+            enhance_default TEXT NOT NULL DEFAULT 'off',
+            updated_at REAL NOT NULL
+        )""",
+        # The daily limit counts a member's images in one server since midnight.
+        "CREATE INDEX jobs_guild_user_created ON jobs (guild_id, user_id, created_at)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -169,6 +191,8 @@ def _to_column(name: str, value: Any) -> Any:
         return json.dumps([str(path) for path in value])
     if name == "seeds":
         return json.dumps([int(seed) for seed in value])
+    if name == "flagged":
+        return json.dumps([bool(flag) for flag in value])
     return value
 
 
@@ -365,6 +389,58 @@ class JobStore:
         return self._select(
             "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", [user_id, limit]
         )
+
+    def images_since(self, guild_id: int, user_id: int, since: float) -> int:
+        """Images a member asked for in one server since `since`, for its daily limit. Jobs that
+        failed or were cancelled made nothing and do not count."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(count), 0) FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ? "
+                "AND state NOT IN ('failed', 'cancelled')",
+                (guild_id, user_id, since),
+            ).fetchone()
+        return int(row[0])
+
+    def guild_settings(self, guild_id: int) -> GuildSettings:
+        """A server's settings; the defaults for a server that never changed them."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,)).fetchone()
+        if row is None:
+            return GuildSettings(guild_id)
+        return GuildSettings(
+            guild_id=row["guild_id"],
+            allowed_channels=tuple(json.loads(row["allowed_channels"])),
+            nsfw_policy=NsfwPolicy(row["nsfw_policy"]),
+            blocked_words=tuple(json.loads(row["blocked_words"])),
+            daily_limit=row["daily_limit"],
+            max_count=row["max_count"],
+            required_role=row["required_role"],
+            enhance_default=EnhanceDefault(row["enhance_default"]),
+            updated_at=row["updated_at"],
+        )
+
+    def save_guild_settings(self, settings: GuildSettings) -> GuildSettings:
+        """Check and store a server's settings whole (ValueError, saying what to change, if a value is out
+        of its limits); returns them as stored."""
+        settings = dataclasses.replace(settings.checked(), updated_at=time.time())
+        with self._transaction() as conn:
+            conn.execute(
+                """INSERT OR REPLACE INTO guild_settings (guild_id, allowed_channels, nsfw_policy, blocked_words,
+                daily_limit, max_count, required_role, enhance_default, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    settings.guild_id,
+                    json.dumps(list(settings.allowed_channels)),
+                    settings.nsfw_policy.value,
+                    json.dumps(list(settings.blocked_words), ensure_ascii=False),
+                    settings.daily_limit,
+                    settings.max_count,
+                    settings.required_role,
+                    settings.enhance_default.value,
+                    settings.updated_at,
+                ),
+            )
+        return settings
 
     def stats(self) -> JobStats:
         done = "state IN ('done', 'delivered')"
