@@ -447,7 +447,7 @@ async def run_queue(settings, service, requests: list, folder: Path, timeout: fl
         elapsed = time.perf_counter() - started
         records = await asyncio.to_thread(store.recent_for_user, 1, len(requests))
     finally:
-        await runner.stop(timeout=5.0)
+        await runner.stop(timeout=15.0)
         store.close()
     generation = sum(record.seconds or 0.0 for record in records)
     return {
