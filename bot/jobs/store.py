@@ -67,7 +67,7 @@ class JobRecord:
     state: JobState = JobState.QUEUED
     interaction_id: int | None = None
     # Valid for 15 minutes; kept so a job can still edit its own message after a quick restart.
-    interaction_token: str | None = None
+    interaction_token: str | None = field(default=None, repr=False)  # a credential: never in a repr or log
     token_created_at: float | None = None
     status_message_id: int | None = None  # the message that shows queue position and progress
     result_message_id: int | None = None
