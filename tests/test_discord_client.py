@@ -61,3 +61,15 @@ async def test_the_token_appears_in_no_log_line_of_a_start(start_bot, discord_ap
     for record in caplog.records:
         assert token not in record.getMessage(), record.getMessage()  # ...without the token
     assert token not in repr(running.bot.settings) and token not in str(running.bot.settings)
+
+
+def test_a_jobs_interaction_token_is_in_no_repr():
+    from bot.jobs.store import JobRecord
+
+    record = JobRecord(
+        **dict(id=1, user_id=2, user_name="alice", guild_id=3, channel_id=4, prompt="a cat", negative_prompt=""),
+        **dict(width=64, height=64, steps=2, seed=1, guidance=0.0, count=1),
+        interaction_token="aW50ZXJhY3Rpb24-secret",
+    )
+    assert record.interaction_token == "aW50ZXJhY3Rpb24-secret"
+    assert "secret" not in repr(record) and "secret" not in str(record)

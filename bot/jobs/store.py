@@ -72,7 +72,7 @@ class JobRecord:
     parent_id: int | None = None  # the job a Reroll/Variations button came from
     state: JobState = JobState.QUEUED
     # Valid for 15 minutes; kept so a job can still edit its own message after a quick restart.
-    interaction_token: str | None = None
+    interaction_token: str | None = field(default=None, repr=False)  # a credential: never in a repr or log
     token_created_at: float | None = None
     # The job's own message (the deferred answer), stored as soon as it exists: after a restart or once
     # the token expired the bot edits it with the bot token rather than posting blind.
