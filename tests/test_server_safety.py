@@ -357,3 +357,9 @@ async def test_buttons_that_queue_jobs_follow_the_servers_rules(world):
     variations = await delivered(api, click)
     assert len(variations.attachments) == 2 and store.get(2).count == 2
     assert store.get(2).flagged == [False, False]
+
+
+async def test_harmless_prompts_about_children_are_made(world):
+    api = world.api
+    for prompt in ("a child flying a kite", "孩子们在公园里放风筝"):
+        assert (await delivered(api, await make(api, prompt, world.alice))).attachments
