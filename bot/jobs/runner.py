@@ -38,6 +38,8 @@ RETENTION_INTERVAL = 6 * 3600  # how often old jobs and their images are pruned
 # Waits before trying a failed delivery again (Discord down, a network blip); after the last one the
 # job stays DONE in the store and is tried again at the next start.
 DELIVERY_RETRY_DELAYS = (10.0, 60.0, 300.0, 900.0)
+# Fields a request and its stored record share by name: image-to-image and styles.
+IMAGE_INPUT_FIELDS = ("source_image", "source_sha256", "strength", "style", "style_weight")
 
 
 @dataclass(eq=False)
@@ -92,6 +94,7 @@ def record_to_request(record: JobRecord) -> GenerationRequest:
         negative_prompt=record.negative_prompt,
         guidance=record.guidance,
         count=record.count,
+        **{name: getattr(record, name) for name in IMAGE_INPUT_FIELDS},
     )
 
 
@@ -111,6 +114,7 @@ def new_record(request: GenerationRequest, *, user_id: int, user_name: str, chan
         seed=request.seed,
         guidance=request.guidance,
         count=request.count,
+        **{name: getattr(request, name) for name in IMAGE_INPUT_FIELDS},
         **fields,
     )
 

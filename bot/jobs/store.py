@@ -80,6 +80,13 @@ class JobRecord:
     finished_at: float | None = None
     seconds: float | None = None  # generation time of all images together
     delivery_attempts: int = 0
+    # Image-to-image and styles (see GenerationRequest): the saved input PNG, its SHA-256, strength,
+    # the LoRA style and its weight.
+    source_image: str | None = None
+    source_sha256: str | None = None
+    strength: float | None = None
+    style: str | None = None
+    style_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,14 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE jobs ADD COLUMN delivery_attempts INTEGER NOT NULL DEFAULT 0",
         # /history reads a user's newest jobs; without this it scans the whole table.
         "CREATE INDEX jobs_user_created ON jobs (user_id, created_at)",
+    ),
+    (
+        # Pictures from pictures and styles: what GenerationRequest needs to run the job again.
+        "ALTER TABLE jobs ADD COLUMN source_image TEXT",
+        "ALTER TABLE jobs ADD COLUMN source_sha256 TEXT",
+        "ALTER TABLE jobs ADD COLUMN strength REAL",
+        "ALTER TABLE jobs ADD COLUMN style TEXT",
+        "ALTER TABLE jobs ADD COLUMN style_weight REAL",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
