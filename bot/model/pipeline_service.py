@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bot.generation import (
@@ -25,14 +25,18 @@ from bot.generation import (
     GenerationError,
     GenerationRequest,
     GenerationResult,
+    InvalidRequest,
     OutOfMemory,
     ProgressCallback,
     StepProgress,
     validate_request,
 )
+from bot.image_input import load_source
 from bot.image_size import ImageSize
 from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
+from bot.model.img2img import image_to_image_pipeline, vae_tiling_for
 from bot.model.offload import apply_offload
+from bot.model.styles import StyleBank, StyleError
 from bot.settings import MAX_STEPS, Settings
 
 # Read by diffusers when it is imported: load the shards of each model in parallel.
@@ -43,7 +47,7 @@ import torch
 
 # Imported here rather than on first use (diffusers imports the pipeline, and with it transformers,
 # lazily), so that the 4-5 s this takes are paid with the other imports, not inside the model load.
-from diffusers import ZImagePipeline
+from diffusers import ZImageImg2ImgPipeline, ZImagePipeline
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,8 @@ class PipelineService:
         self.load_report: LoadReport | None = None
         self.error: str | None = None
         self._pipe: ZImagePipeline | None = None
+        self._img2img: ZImageImg2ImgPipeline | None = None
+        self.styles = StyleBank(settings.loras)
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
         # Measured seconds per image by (size, steps); feeds the queue's wait estimates.
@@ -138,7 +144,7 @@ class PipelineService:
         """Stop taking work; the running job (if any) finishes first."""
         self.state = ServiceState.CLOSED
         self._worker.shutdown(wait=True, cancel_futures=True)
-        self._pipe = None
+        self._pipe = self._img2img = None
 
     @property
     def ready(self) -> bool:
@@ -155,6 +161,13 @@ class PipelineService:
     ) -> Future[GenerationResult]:
         """Queue a validated request on the worker thread. Bad input raises InvalidRequest here."""
         request = validate_request(request, max_steps=MAX_STEPS)
+        if request.style is not None:
+            if request.style not in self.styles.names:
+                offered = ", ".join(self.styles.names) or "none are set up on this bot"
+                raise InvalidRequest(f"Style {request.style!r} is not offered; choose one of: {offered}.")
+            if request.style_weight is None:
+                # Recorded in the PNG's parameters, so the picture can be made again with the same weight.
+                request = replace(request, style_weight=self.styles.default_weight(request.style))
         if not self.ready:
             raise GenerationError(f"the model is not ready (state: {self.state.value})")
         return self._worker.submit(self._generate, request, progress, cancel or CancelToken())
@@ -172,9 +185,9 @@ class PipelineService:
         measured = dict(self._seconds_per_image)  # the GPU thread may add to it meanwhile
         if not measured:
             return None
-        per_image = measured.get((request.size, request.steps))
+        per_image = measured.get((request.size, request.steps_to_run))
         if per_image is None:
-            work = request.steps * request.size.pixels
+            work = request.steps_to_run * request.size.pixels
             (size, steps), seconds = min(
                 measured.items(), key=lambda item: abs(math.log(item[0][1] * item[0][0].pixels / work))
             )
@@ -216,6 +229,7 @@ class PipelineService:
 
         started = time.perf_counter()
         self._pipe = self._from_pretrained()
+        self._img2img = image_to_image_pipeline(self._pipe)
         load_seconds = time.perf_counter() - started
         log.info(
             "loaded in %.1f s (%s) on %s as %s",
@@ -273,6 +287,11 @@ class PipelineService:
                     raise ModelLoadError(str(error)) from error
                 count = quantize_to_fp8(pipe.transformer)
                 log.info("QUANTIZE=fp8: %d linear layers of the transformer's blocks run in FP8", count)
+        try:
+            # Before compiling: with compilation the LoRAs go into a slot prepared for hot-swapping.
+            self.styles.load(pipe, hotswap=self.compile)
+        except StyleError as error:
+            raise ModelLoadError(str(error)) from error
         if self.compile:
             _use_persistent_compile_cache(settings.data_dir / "compile-cache")
             pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
@@ -290,6 +309,7 @@ class PipelineService:
         warming the 10 other default sizes would cost about 0.5 s each at every start.
         """
         size = self.settings.default_size
+        self._warm_up_image_to_image(size)
         if not self.compile:
             request = GenerationRequest(WARMUP_PROMPTS[0], size, self.settings.default_steps, seed=0)
             self._generate(request, None, CancelToken())
@@ -301,6 +321,28 @@ class PipelineService:
         # Those calls were mostly compilation: no speed figure is better than a badly wrong one.
         # The first real job measures it (queue estimates are missing only until then).
         self._seconds_per_image.clear()
+
+    def _warm_up_image_to_image(self, size: ImageSize) -> None:
+        """One step of image-to-image at the default size and one of its Upscale: the VAE encoder's
+        first-call set-up, the upscale size's shapes (and, with compilation, the transformer's
+        sequence length at the largest size) are paid here rather than by a user. The style slot is
+        run once too, so its compiled code exists before the first styled job."""
+        from PIL import Image
+
+        from bot.image_input import save_input, upscale_size
+
+        source = save_input(Image.new("RGB", (size.width, size.height), (128, 128, 128)), self.settings.output_dir)
+        base = GenerationRequest(WARMUP_PROMPTS[0], size, 1, seed=0, source_image=str(source.path), strength=1.0)
+        jobs = [base, replace(base, size=upscale_size(size))]
+        if self.styles.names:
+            jobs.append(
+                replace(base, style=self.styles.names[0], style_weight=self.styles.default_weight(self.styles.names[0]))
+            )
+        for job in jobs:
+            result = self._generate(job, None, CancelToken())
+            log.info("warm-up: image-to-image at %s took %.1f s", job.size, result.seconds)
+            # First calls are no speed figure for the queue's estimates.
+            self._seconds_per_image.pop((job.size, job.steps_to_run), None)
 
     def _generate(
         self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
@@ -340,7 +382,7 @@ class PipelineService:
             step_seconds.append(now - last_step_at)
             last_step_at = now
             if progress is not None:
-                progress(StepProgress(step + 1, request.steps, index))
+                progress(StepProgress(step + 1, request.steps_to_run, index))
             if cancel.cancelled:
                 # Raising leaves the pipeline at once; setting pipe._interrupt would still decode.
                 raise GenerationCancelled("cancelled while running")
@@ -348,7 +390,7 @@ class PipelineService:
 
         # A CPU generator gives the same starting noise, and so the same image, on any machine.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        output = pipe(
+        arguments: dict = dict(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or None,
             height=request.size.height,
@@ -359,10 +401,17 @@ class PipelineService:
             output_type="pil",
             callback_on_step_end=on_step_end,
         )
-        return output.images[0]
+        self.styles.apply(pipe, request.style, request.style_weight)
+        if request.source_image is None:
+            return pipe(**arguments).images[0]
+        assert self._img2img is not None
+        # Upscale asks for a larger size than the saved picture: it is enlarged here, then redrawn.
+        arguments.update(image=load_source(request.source_image, request.size), strength=request.strength)
+        with vae_tiling_for(pipe.vae, request.size, self.device):
+            return self._img2img(**arguments).images[0]
 
     def _record_speed(self, request: GenerationRequest, seconds: float) -> None:
-        key = (request.size, request.steps)
+        key = (request.size, request.steps_to_run)
         sample = seconds / request.count
         previous = self._seconds_per_image.get(key)
         self._seconds_per_image[key] = sample if previous is None else 0.7 * previous + 0.3 * sample
