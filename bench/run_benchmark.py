@@ -80,11 +80,18 @@ class Phase:
     latent_only: bool = False
     service_overrides: dict = field(default_factory=dict)
     experiments: bool = False
+    image_to_image: bool = False
 
 
 PHASES = {
     "baseline": Phase("baseline"),
-    "ours": Phase("service", data="ours", fresh_data=True, queue=True, latent_only=True, experiments=True),
+    "ours": Phase(
+        "service", data="ours", fresh_data=True, queue=True, latent_only=True, experiments=True, image_to_image=True
+    ),
+    # Image-to-image at 1024x1024 and strength 0.6, and Upscale 1024 -> 2048, on the compiled service;
+    # with OFFLOAD=model too (Upscale must work there).
+    "img2img": Phase("service", data="ours", image_to_image=True, repeats=3),
+    "img2img_offload": Phase("service", data="offload", env={"OFFLOAD": "model"}, image_to_image=True, repeats=2),
     "ours_restart": Phase("service", data="ours", repeats=3),
     "offload_model": Phase("service", data="offload", env={"OFFLOAD": "model"}, repeats=3),
     "offload_sequential": Phase("service", data="offload", env={"OFFLOAD": "sequential"}, repeats=3),
@@ -203,6 +210,7 @@ class Benchmark:
             service_overrides=phase.service_overrides,
             device="cpu" if self.args.tiny else "cuda",
             experiments=phase.experiments and not self.args.tiny,
+            image_to_image=phase.image_to_image,
         )
         env["BENCH_CONFIG"] = json.dumps(asdict(config))
         result_file = self.work / "phase-results" / f"{name}.json"

@@ -76,21 +76,38 @@ def cache_check(settings: Settings) -> int:
 
     report = inspect_cache(settings.model_id, settings.model_revision)
     print(report.to_text())
-    return EXIT_OK if report.complete else EXIT_FAILURE
+    styles_ok = _print_styles(settings)
+    return EXIT_OK if report.complete and styles_ok else EXIT_FAILURE
+
+
+def _print_styles(settings: Settings) -> bool:
+    """One line for each LORAS style: where its weights are, or what is missing. True if all are there."""
+    if not settings.loras:
+        return True
+    from bot.model.styles import lora_report
+
+    rows = lora_report(settings.loras)
+    for name, text, usable in rows:
+        print(f"Style {name}: {text}" if usable else f"Style {name}: MISSING: {text}")
+    return all(usable for _, _, usable in rows)
 
 
 def download(settings: Settings) -> int:
     from bot.model.cache_report import inspect_cache
     from bot.model.download import DownloadError, download_model
+    from bot.model.styles import StyleError, download_lora
 
     try:
         download_model(settings.model_id, settings.model_revision)
-    except DownloadError as error:
+        for lora in settings.loras:
+            download_lora(lora)
+    except (DownloadError, StyleError) as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_FAILURE
     report = inspect_cache(settings.model_id, settings.model_revision)
     print(report.to_text())
-    return EXIT_OK if report.complete else EXIT_FAILURE
+    styles_ok = _print_styles(settings)
+    return EXIT_OK if report.complete and styles_ok else EXIT_FAILURE
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
