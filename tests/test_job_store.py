@@ -89,6 +89,11 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         finished_at=NOW + 2,
         seconds=1.25,
         delivery_attempts=2,
+        source_image="outputs/inputs/abc.png",
+        source_sha256="ab" * 32,
+        strength=0.35,
+        style="ink",
+        style_weight=0.8,
     )
     added = store.add(job)
     assert added.id is not None
