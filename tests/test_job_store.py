@@ -133,6 +133,11 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         "finished_at": None,
         "seconds": None,
         "delivery_attempts": 3,
+        "source_image": None,
+        "source_sha256": None,
+        "strength": None,
+        "style": None,
+        "style_weight": 1.5,
     }
     assert set(changes) == {f.name for f in dataclasses.fields(JobRecord)} - {"id"}
     expected = dataclasses.replace(added, **{**changes, "state": JobState.DONE, "output_files": ["outputs/c.png"]})
