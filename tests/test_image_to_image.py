@@ -225,3 +225,38 @@ def test_a_style_for_another_model_stops_start_up_naming_it(tmp_path, hub_cache)
             service.load(warm_up=False)
     finally:
         service.close()
+
+
+def test_the_hot_swap_slot_used_with_compilation_draws_what_the_adapters_draw(hub_cache, lora_files, tmp_path):
+    # Compiled services keep every LoRA in one slot (ranks padded, scales as tensors, weights copied
+    # in place on a switch); every style, weight and "no style" must give the adapters' pictures.
+    from diffusers import ZImagePipeline
+
+    from bot.model.styles import StyleBank
+    from bot.settings import LoraSource
+    from tiny_model import TINY_REPO_ID
+
+    wider = build_tiny_lora(hub_cache, tmp_path / "wide", seed=3, rank=8)
+    loras = (LoraSource("ink", 0.8, path=lora_files), LoraSource("wide", 1.0, path=wider))
+    jobs = [(None, None), ("ink", None), ("wide", None), ("ink", 1.5), ("wide", 0.5), (None, None)]
+    pictures = {}
+    for hotswap in (False, True):
+        pipe = ZImagePipeline.from_pretrained(TINY_REPO_ID, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        bank = StyleBank(loras)
+        bank.load(pipe, hotswap=hotswap)
+        pictures[hotswap] = []
+        for name, weight in jobs:
+            bank.apply(pipe, name, weight)
+            image = pipe(
+                "a fox",
+                height=64,
+                width=64,
+                num_inference_steps=2,
+                guidance_scale=0.0,
+                generator=torch.Generator().manual_seed(3),
+            ).images[0]
+            pictures[hotswap].append(np.asarray(image).astype(int))
+    for (name, weight), adapters, slot in zip(jobs, pictures[False], pictures[True], strict=True):
+        assert np.abs(adapters - slot).max() <= 1, (name, weight)
+    assert not np.array_equal(pictures[True][1], pictures[True][2])
