@@ -251,7 +251,7 @@ class JobRunner:
             return
         loop = asyncio.get_running_loop()
         await self._mark(job, JobState.RUNNING, started_at=time.time())
-        job.progress = StepProgress(0, job.request.steps, 0)
+        job.progress = StepProgress(0, job.request.steps_to_run, 0)
         self._show(job)
 
         def on_step(step: StepProgress) -> None:  # called on the GPU thread

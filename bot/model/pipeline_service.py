@@ -277,6 +277,9 @@ class PipelineService:
                 pipe.transformer.set_attention_backend(settings.attention_backend)
             except (ValueError, ImportError, RuntimeError) as error:
                 raise ModelLoadError(f"ATTENTION_BACKEND={settings.attention_backend!r}: {error}") from error
+        if settings.quantize == "fp8" and offload == "none" and settings.loras:
+            # The FP8 layers replace the Linear layers that LoRA adapters attach to.
+            raise ModelLoadError("LORAS does not combine with QUANTIZE=fp8: set QUANTIZE=none to use styles")
         if settings.quantize == "fp8":
             if offload != "none":
                 log.warning("QUANTIZE=fp8 ignored: it does not combine with OFFLOAD=%s", offload)
