@@ -245,7 +245,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
-        low, _ = rgba.getchannel("A").getextrema()
+        low = _extrema(rgba.getchannel("A"))[0]
         if low < 255:
             notes.append("Its transparent parts were filled with white.")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -257,7 +257,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
 def _deep_grey_to_rgb(image: Image.Image) -> Image.Image:
     """Scale 16-bit (or 32-bit) grey to 0..255: Pillow's plain convert would clip everything above 255."""
     grey = image.convert("F") if image.mode == "F" else image.convert("I")
-    high = grey.getextrema()[1]
+    high = _extrema(grey)[1]
     if image.mode.startswith("I;16") or (image.mode == "I" and high > 255):
         scale = 255 / 65535
     elif image.mode == "F" and high <= 1.0:
@@ -266,6 +266,12 @@ def _deep_grey_to_rgb(image: Image.Image) -> Image.Image:
         scale = 1.0
     grey = grey.convert("F").point(lambda value: value * scale)
     return grey.convert("L").convert("RGB")
+
+
+def _extrema(band: Image.Image) -> tuple[float, float]:
+    """Lowest and highest value of a one-band image."""
+    low, high = band.getextrema()
+    return float(low), float(high)  # type: ignore[arg-type]  # one band: two numbers, not tuples
 
 
 def _store(data: bytes, output_dir: Path) -> SavedInput:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from diffusers import ZImageImg2ImgPipeline
@@ -26,18 +27,20 @@ log = logging.getLogger(__name__)
 VAE_BYTES_PER_PIXEL = 1600
 
 
-def image_to_image_pipeline(pipe) -> ZImageImg2ImgPipeline:
+def image_to_image_pipeline(pipe) -> Any:
     """An image-to-image pipeline over the very same modules as `pipe`: no copy, no cast, no move."""
-    img2img = ZImageImg2ImgPipeline(**pipe.components)
+    img2img: Any = ZImageImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
     return img2img
 
 
 @contextlib.contextmanager
-def vae_tiling_for(vae, size: ImageSize, device: torch.device) -> Iterator[bool]:
-    """Tile the VAE for this call only if the GPU lacks the free memory to encode and decode `size` whole."""
-    tile = False
-    if device.type == "cuda":
+def vae_tiling_for(vae, size: ImageSize, device: torch.device, *, force: bool = False) -> Iterator[bool]:
+    """Tile the VAE for this call only if the GPU lacks the free memory to encode and decode `size` whole
+    (or `force`: after running out of memory without tiling)."""
+    tile = force
+    free = 0
+    if device.type == "cuda" and not force:
         free, _total = torch.cuda.mem_get_info(device)
         # Memory the caching allocator holds but is not using counts as free for PyTorch.
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bot.generation import (
     CancelToken,
@@ -47,7 +48,7 @@ import torch
 
 # Imported here rather than on first use (diffusers imports the pipeline, and with it transformers,
 # lazily), so that the 4-5 s this takes are paid with the other imports, not inside the model load.
-from diffusers import ZImageImg2ImgPipeline, ZImagePipeline
+from diffusers import ZImagePipeline
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class PipelineService:
         self.load_report: LoadReport | None = None
         self.error: str | None = None
         self._pipe: ZImagePipeline | None = None
-        self._img2img: ZImageImg2ImgPipeline | None = None
+        self._img2img: Any = None  # a ZImageImg2ImgPipeline over the same modules
         self.styles = StyleBank(settings.loras)
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
@@ -410,7 +411,18 @@ class PipelineService:
         assert self._img2img is not None
         # Upscale asks for a larger size than the saved picture: it is enlarged here, then redrawn.
         arguments.update(image=load_source(request.source_image, request.size), strength=request.strength)
-        with vae_tiling_for(pipe.vae, request.size, self.device):
+        steps_before = len(step_seconds)
+        try:
+            with vae_tiling_for(pipe.vae, request.size, self.device):
+                return self._img2img(**arguments).images[0]
+        except torch.OutOfMemoryError:
+            # The estimate of what the VAE needs was short: once more, tiled, from the same seed.
+            self._free_memory()
+            log.warning("out of memory at %s without VAE tiling; trying again with it", request.size)
+        del step_seconds[steps_before:]
+        last_step_at = time.perf_counter()
+        arguments["generator"] = torch.Generator(device="cpu").manual_seed(seed)
+        with vae_tiling_for(pipe.vae, request.size, self.device, force=True):
             return self._img2img(**arguments).images[0]
 
     def _record_speed(self, request: GenerationRequest, seconds: float) -> None:
