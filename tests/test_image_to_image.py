@@ -260,3 +260,24 @@ def test_the_hot_swap_slot_used_with_compilation_draws_what_the_adapters_draw(hu
     for (name, weight), adapters, slot in zip(jobs, pictures[False], pictures[True], strict=True):
         assert np.abs(adapters - slot).max() <= 1, (name, weight)
     assert not np.array_equal(pictures[True][1], pictures[True][2])
+
+
+def test_running_out_of_memory_in_the_vae_tries_again_tiled(loaded_service, tmp_path):
+    source, _ = picture(tmp_path)
+    expected = pixels(loaded_service.generate(request(source, strength=0.5)))
+    vae = loaded_service._pipe.vae
+    tiling_seen: list[bool] = []
+
+    def short_of_memory_once(module, args):
+        tiling_seen.append(vae.use_tiling)
+        if len(tiling_seen) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (as a GPU would raise it)")
+
+    hook = vae.decoder.register_forward_pre_hook(short_of_memory_once)
+    try:
+        again = pixels(loaded_service.generate(request(source, strength=0.5)))
+    finally:
+        hook.remove()
+    assert tiling_seen == [False, True]
+    assert not vae.use_tiling  # only for that call
+    assert np.abs(again - expected).max() <= 1  # same seed, same picture
