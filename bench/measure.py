@@ -159,7 +159,51 @@ def measure_baseline(config: PhaseConfig) -> dict:
 
     _time_sizes(figures, config, generate)
     figures.update(_memory_figures())
+    if config.image_to_image and not config.only_first:
+        figures["image_to_image"] = _time_baseline_image_to_image(pipe, config, generate)
     return figures
+
+
+def _time_baseline_image_to_image(pipe, config: PhaseConfig, generate) -> dict:
+    """What plain diffusers users write for image-to-image: `ZImageImg2ImgPipeline.from_pipe(pipe)`.
+    It casts the shared modules to float32 (diffusers 0.42); the dtype and text-to-image after it are
+    recorded to show what that costs."""
+    import torch
+    from diffusers import ZImageImg2ImgPipeline
+    from PIL import Image
+
+    size = config.sizes[0]
+    width, height = parse_size(size)
+    img2img = ZImageImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    picture = Image.new("RGB", (width, height), (120, 90, 60))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for index in range(config.repeats + 1):
+        begun = time.perf_counter()
+        img2img(
+            prompt=prompt(index),
+            image=picture,
+            strength=0.6,
+            height=height,
+            width=width,
+            num_inference_steps=config.steps,
+            guidance_scale=0.0,
+            generator=torch.Generator("cpu").manual_seed(index),
+        )
+        times.append(time.perf_counter() - begun)
+    entry: dict = {
+        "size": size,
+        "strength": 0.6,
+        "first_s": times[0],
+        "steady_s": median(times[1:]),
+        "transformer_dtype_after": str(pipe.transformer.dtype),
+        "text_to_image_after_s": generate(prompt(0), size, 0),
+    }
+    if torch.cuda.is_available():
+        entry["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+    return {"img2img": entry}
 
 
 def _time_sizes(figures: dict, config: PhaseConfig, generate) -> None:

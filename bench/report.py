@@ -201,7 +201,12 @@ def variant_table(results: dict) -> list[str]:
     return lines
 
 
-IMAGE_TO_IMAGE_PHASES = (("ours", "ours"), ("img2img", "ours (again)"), ("img2img_offload", "OFFLOAD=model"))
+IMAGE_TO_IMAGE_PHASES = (
+    ("baseline_img2img", "plain diffusers (from_pipe)"),
+    ("ours", "ours"),
+    ("img2img", "ours (again)"),
+    ("img2img_offload", "OFFLOAD=model"),
+)
 
 
 def image_to_image_table(results: dict) -> list[str]:

@@ -91,6 +91,7 @@ PHASES = {
     # Image-to-image at 1024x1024 and strength 0.6, and Upscale 1024 -> 2048, on the compiled service;
     # with OFFLOAD=model too (Upscale must work there).
     "img2img": Phase("service", data="ours", image_to_image=True, repeats=3),
+    "baseline_img2img": Phase("baseline", image_to_image=True, repeats=3),
     "img2img_offload": Phase("service", data="offload", env={"OFFLOAD": "model"}, image_to_image=True, repeats=2),
     "ours_restart": Phase("service", data="ours", repeats=3),
     "offload_model": Phase("service", data="offload", env={"OFFLOAD": "model"}, repeats=3),
