@@ -281,3 +281,11 @@ def test_running_out_of_memory_in_the_vae_tries_again_tiled(loaded_service, tmp_
     assert tiling_seen == [False, True]
     assert not vae.use_tiling  # only for that call
     assert np.abs(again - expected).max() <= 1  # same seed, same picture
+
+
+def test_a_job_whose_picture_was_removed_fails_clearly(loaded_service, tmp_path):
+    from bot.generation import GenerationError
+
+    gone = tmp_path / "gone.png"
+    with pytest.raises(GenerationError, match="starts from was removed"):
+        loaded_service.generate(request(str(gone)))

@@ -353,6 +353,11 @@ class PipelineService:
     ) -> GenerationResult:
         if cancel.cancelled:
             raise GenerationCancelled("cancelled before it started")
+        if request.source_image is not None and not Path(request.source_image).is_file():
+            # Retention removed it while the job waited (or the operator cleaned OUTPUT_DIR).
+            raise GenerationError(
+                "the picture this job starts from was removed (old pictures are deleted after a while)"
+            )
         pipe = self._pipe
         assert pipe is not None, "generation before load"
         images = []
