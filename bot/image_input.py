@@ -150,7 +150,7 @@ def save_input(image: Image.Image, output_dir: Path) -> SavedInput:
     return _store(data, Path(output_dir))
 
 
-def source_of_file(path: Path, output_dir: Path) -> SavedInput:
+def source_of_file(path: Path) -> SavedInput:
     """An earlier result (a PNG under OUTPUT_DIR) as the input of a new job: Upscale and Vary.
 
     Raises InvalidRequest when retention removed the file."""

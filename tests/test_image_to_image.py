@@ -120,7 +120,7 @@ def test_upscale_doubles_the_size_from_a_result_file(loaded_service, tmp_path):
     made = loaded_service.generate(request(steps=2))
     result_file = tmp_path / "result.png"
     made.images[0].save(result_file)
-    source = source_of_file(result_file, tmp_path)
+    source = source_of_file(result_file)
     upscale = image_to_image(request(steps=2), str(source.path), source.sha256, strength=0.35, size=upscale_size(SMALL))
     seen: list[StepProgress] = []
     result = loaded_service.generate(upscale, progress=seen.append)
@@ -133,7 +133,7 @@ def test_upscale_doubles_the_size_from_a_result_file(loaded_service, tmp_path):
 
 def test_retention_removed_files_are_refused_clearly(tmp_path):
     with pytest.raises(InvalidRequest, match="removed"):
-        source_of_file(tmp_path / "gone.png", tmp_path)
+        source_of_file(tmp_path / "gone.png")
 
 
 @pytest.mark.parametrize(
