@@ -64,6 +64,7 @@ class PhaseConfig:
     device: str = "cuda"  # the baseline's; "cpu" only for the tiny smoke test
     experiments: bool = False  # after the figures, try speed options on the live pipeline (not defaults)
     safety_compare: bool = False  # after the figures, time the same image with the safety check and without
+    image_to_image: bool = False  # also time image-to-image at the first size and its Upscale
 
     @classmethod
     def from_json(cls, text: str) -> PhaseConfig:
@@ -159,7 +160,51 @@ def measure_baseline(config: PhaseConfig) -> dict:
 
     _time_sizes(figures, config, generate)
     figures.update(_memory_figures())
+    if config.image_to_image and not config.only_first:
+        figures["image_to_image"] = _time_baseline_image_to_image(pipe, config, generate)
     return figures
+
+
+def _time_baseline_image_to_image(pipe, config: PhaseConfig, generate) -> dict:
+    """What plain diffusers users write for image-to-image: `ZImageImg2ImgPipeline.from_pipe(pipe)`.
+    It casts the shared modules to float32 (diffusers 0.42); the dtype and text-to-image after it are
+    recorded to show what that costs."""
+    import torch
+    from diffusers import ZImageImg2ImgPipeline
+    from PIL import Image
+
+    size = config.sizes[0]
+    width, height = parse_size(size)
+    img2img = ZImageImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    picture = Image.new("RGB", (width, height), (120, 90, 60))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for index in range(config.repeats + 1):
+        begun = time.perf_counter()
+        img2img(
+            prompt=prompt(index),
+            image=picture,
+            strength=0.6,
+            height=height,
+            width=width,
+            num_inference_steps=config.steps,
+            guidance_scale=0.0,
+            generator=torch.Generator("cpu").manual_seed(index),
+        )
+        times.append(time.perf_counter() - begun)
+    entry: dict = {
+        "size": size,
+        "strength": 0.6,
+        "first_s": times[0],
+        "steady_s": median(times[1:]),
+        "transformer_dtype_after": str(pipe.transformer.dtype),
+        "text_to_image_after_s": generate(prompt(0), size, 0),
+    }
+    if torch.cuda.is_available():
+        entry["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+    return {"img2img": entry}
 
 
 def _time_sizes(figures: dict, config: PhaseConfig, generate) -> None:
@@ -233,10 +278,58 @@ def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
         figures.update(_memory_figures())
         if config.safety_compare and not config.only_first:
             figures["safety"] = _compare_safety(service, config)
+        if config.image_to_image and not config.only_first:
+            figures["image_to_image"] = _time_image_to_image(service, config, work_dir)
         if config.experiments and not config.only_first:
             figures["experiments"] = _experiments(service, config, generate)
     finally:
         service.close()
+    return figures
+
+
+def _time_image_to_image(service, config: PhaseConfig, work_dir: Path) -> dict:
+    """Image-to-image at the first size and strength 0.6 from a picture the service made, and its
+    Upscale (twice the size, capped at 2048): first call, median of `repeats`, peak GPU memory of each."""
+    import torch
+
+    from bot.generation import DEFAULT_STRENGTH, UPSCALE_STRENGTH, GenerationRequest
+    from bot.image_input import save_input, upscale_size
+    from bot.image_size import ImageSize
+
+    size = ImageSize(*parse_size(config.sizes[0]))
+    made = service.generate(GenerationRequest(prompt(0), size, config.steps, seed=1))
+    source = save_input(made.images[0], work_dir / "inputs")
+    figures: dict = {}
+    for name, target, strength in (
+        ("img2img", size, DEFAULT_STRENGTH),
+        ("upscale", upscale_size(size), UPSCALE_STRENGTH),
+    ):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for index in range(config.repeats + 1):
+            request = GenerationRequest(
+                prompt(index + 1),
+                target,
+                config.steps,
+                seed=10 + index,
+                source_image=str(source.path),
+                source_sha256=source.sha256,
+                strength=strength,
+            )
+            begun = time.perf_counter()
+            service.generate(request)
+            times.append(time.perf_counter() - begun)
+        entry = {
+            "size": str(target),
+            "strength": strength,
+            "steps_run": request.steps_to_run,
+            "first_s": times[0],
+            "steady_s": median(times[1:]),
+        }
+        if torch.cuda.is_available():
+            entry["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+        figures[name] = entry
     return figures
 
 

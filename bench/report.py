@@ -201,6 +201,38 @@ def variant_table(results: dict) -> list[str]:
     return lines
 
 
+IMAGE_TO_IMAGE_PHASES = (
+    ("baseline_img2img", "plain diffusers (from_pipe)"),
+    ("ours", "ours"),
+    ("img2img", "ours (again)"),
+    ("img2img_offload", "OFFLOAD=model"),
+)
+
+
+def image_to_image_table(results: dict) -> list[str]:
+    """Image-to-image at the first size and its Upscale, beside text-to-image of the same phase."""
+    rows = [(phase, label) for phase, label in IMAGE_TO_IMAGE_PHASES if get(results, phase, "image_to_image")]
+    if not rows:
+        return []
+    square, _ = sizes_of(results)
+    lines = [
+        f"| phase | text-to-image {square} steady (s) | image-to-image (size, strength, steps) | first / steady (s) "
+        "| peak GPU (GiB) | Upscale (size, strength, steps) | first / steady (s) | peak GPU (GiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for phase, label in rows:
+        cells = [label, seconds(get(results, phase, "steady_s", square))]
+        for kind in ("img2img", "upscale"):
+            entry = get(results, phase, "image_to_image", kind) or {}
+            cells += [
+                f"{entry.get('size', '?')}, {entry.get('strength', '?')}, {entry.get('steps_run', '?')}",
+                f"{seconds(entry.get('first_s'))} / {seconds(entry.get('steady_s'))}",
+                gib(entry.get("peak_allocated_gib")),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def profile_table(results: dict) -> list[str]:
     """CUDA kernel time of one steady image of ours, by kind of kernel."""
     profile = get(results, "ours", "experiments")
@@ -360,6 +392,9 @@ def render_markdown(results: dict) -> str:
     safety = safety_table(results)
     if safety:
         lines += ["", "### The image safety check (ours_safety)", "", *safety]
+    pictures = image_to_image_table(results)
+    if pictures:
+        lines += ["", "### Image-to-image and Upscale", "", *pictures]
     profile = profile_table(results)
     if profile:
         lines += ["", "### Where the time of a steady image goes (ours)", "", *profile]

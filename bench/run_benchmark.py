@@ -85,11 +85,19 @@ class Phase:
     service_overrides: dict = field(default_factory=dict)
     experiments: bool = False
     safety_compare: bool = False
+    image_to_image: bool = False
 
 
 PHASES = {
     "baseline": Phase("baseline"),
-    "ours": Phase("service", data="ours", fresh_data=True, queue=True, latent_only=True, experiments=True),
+    "ours": Phase(
+        "service", data="ours", fresh_data=True, queue=True, latent_only=True, experiments=True, image_to_image=True
+    ),
+    # Image-to-image at 1024x1024 and strength 0.6, and Upscale 1024 -> 2048, on the compiled service;
+    # with OFFLOAD=model too (Upscale must work there).
+    "img2img": Phase("service", data="ours", image_to_image=True, repeats=3),
+    "baseline_img2img": Phase("baseline", image_to_image=True, repeats=3),
+    "img2img_offload": Phase("service", data="offload", env={"OFFLOAD": "model"}, image_to_image=True, repeats=2),
     "ours_restart": Phase("service", data="ours", repeats=3),
     "ours_safety": Phase("service", data="ours", env={"SAFETY_MODEL": BENCH_SAFETY_REPO_ID}, safety_compare=True),
     "offload_model": Phase("service", data="offload", env={"OFFLOAD": "model"}, repeats=3),
@@ -230,6 +238,7 @@ class Benchmark:
             device="cpu" if self.args.tiny else "cuda",
             experiments=phase.experiments and not self.args.tiny,
             safety_compare=phase.safety_compare,
+            image_to_image=phase.image_to_image,
         )
         env["BENCH_CONFIG"] = json.dumps(asdict(config))
         result_file = self.work / "phase-results" / f"{name}.json"

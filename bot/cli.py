@@ -72,16 +72,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cache_check(settings: Settings) -> int:
-    """The pipeline's cache report, then the safety model's (when the check is on); 0 when both are complete."""
+    """The pipeline's cache report, then the safety model's (when the check is on) and the styles';
+    0 when all are complete."""
     reports = _cache_reports(settings)
     print("\n\n".join(report.to_text() for report in reports))
-    return EXIT_OK if all(report.complete for report in reports) else EXIT_FAILURE
+    styles_ok = _print_styles(settings)
+    return EXIT_OK if all(report.complete for report in reports) and styles_ok else EXIT_FAILURE
+
+
+def _print_styles(settings: Settings) -> bool:
+    """One line for each LORAS style: where its weights are, or what is missing. True if all are there."""
+    if not settings.loras:
+        return True
+    from bot.model.styles import lora_report
+
+    rows = lora_report(settings.loras)
+    for name, text, usable in rows:
+        print(f"Style {name}: {text}" if usable else f"Style {name}: MISSING: {text}")
+    return all(usable for _, _, usable in rows)
 
 
 def download(settings: Settings) -> int:
-    """Fetch the pipeline and the safety model (when the check is on), then print the cache reports."""
+    """Fetch the pipeline, the safety model (when the check is on) and the styles, then print the cache reports."""
     from bot.model.cache_report import CLASSIFIER, CLASSIFIER_PATTERNS, PIPELINE, inspect_cache
     from bot.model.download import DownloadError, download_model, offline
+    from bot.model.styles import StyleError, download_lora
 
     wanted: list[tuple[str, str, str, list[str] | None, str]] = [
         (settings.model_id, settings.model_revision, PIPELINE, None, "")
@@ -98,6 +113,12 @@ def download(settings: Settings) -> int:
         except DownloadError as error:
             print(f"zimage-bot: {role}{error}", file=sys.stderr)
             return EXIT_FAILURE
+    try:
+        for lora in settings.loras:
+            download_lora(lora)
+    except StyleError as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     return cache_check(settings)
 
 

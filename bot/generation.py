@@ -20,6 +20,16 @@ MAX_COUNT = 4
 MAX_PROMPT_CHARS = 1500  # the model reads at most 512 tokens; longer text would be cut silently
 MAX_GUIDANCE = 20.0
 SAMPLER_NAME = "FlowMatchEuler"
+# Image-to-image: the share of the schedule that is run again from the input picture. 0.6 keeps the
+# composition and colours and redraws the details; below 0.05 fewer than one step of 8 would run.
+MIN_STRENGTH = 0.05
+MAX_STRENGTH = 1.0
+DEFAULT_STRENGTH = 0.6
+# Upscale redraws only the fine detail of the enlarged picture; Vary keeps more or less of it.
+UPSCALE_STRENGTH = 0.35
+VARY_SUBTLE_STRENGTH = 0.35
+VARY_STRONG_STRENGTH = 0.7
+MAX_STYLE_WEIGHT = 2.0
 
 
 class GenerationError(Exception):
@@ -51,10 +61,27 @@ class GenerationRequest:
     negative_prompt: str = ""
     guidance: float = 0.0
     count: int = 1
+    # Image-to-image: the prepared input PNG (a path under OUTPUT_DIR, so the job survives restarts),
+    # its SHA-256, and how much of it is redrawn. None for text-to-image.
+    source_image: str | None = None
+    source_sha256: str | None = None
+    strength: float | None = None
+    # A LoRA style by its LORAS name, and its weight (None: the weight LORAS gives it).
+    style: str | None = None
+    style_weight: float | None = None
 
     def seeds(self) -> list[int]:
         """One seed per image: consecutive, so image i of a batch can be made again on its own."""
         return [(self.seed + index) % (MAX_SEED + 1) for index in range(self.count)]
+
+    @property
+    def steps_to_run(self) -> int:
+        """Transformer passes per image: image-to-image skips the first (1 - strength) of the schedule,
+        rounded as diffusers does."""
+        if self.source_image is None or self.strength is None:
+            return self.steps
+        skipped = int(max(self.steps - min(self.steps * self.strength, self.steps), 0))
+        return self.steps - skipped
 
 
 def validate_request(
@@ -83,7 +110,37 @@ def validate_request(
         raise InvalidRequest(f"Guidance must be from 0 to {MAX_GUIDANCE:g} (got {request.guidance:g}).")
     if not 1 <= request.count <= MAX_COUNT:
         raise InvalidRequest(f"Count must be from 1 to {MAX_COUNT} (got {request.count}).")
-    return replace(request, prompt=prompt, negative_prompt=request.negative_prompt.strip())
+    strength = request.strength
+    if request.source_image is None:
+        if strength is not None:
+            raise InvalidRequest(
+                "Strength only applies when you start from a picture: attach one, or leave strength out."
+            )
+    else:
+        strength = DEFAULT_STRENGTH if strength is None else strength
+        if not MIN_STRENGTH <= strength <= MAX_STRENGTH:
+            raise InvalidRequest(
+                f"Strength must be from {MIN_STRENGTH:g} (keep the picture) to {MAX_STRENGTH:g} (redraw it all); "
+                f"got {strength:g}."
+            )
+    if request.style_weight is not None:
+        if request.style is None:
+            raise InvalidRequest("A style weight needs a style: pick one, or leave the weight out.")
+        if not 0 < request.style_weight <= MAX_STYLE_WEIGHT:
+            raise InvalidRequest(
+                f"Style weight must be above 0 and at most {MAX_STYLE_WEIGHT:g} (got {request.style_weight:g})."
+            )
+    return replace(request, prompt=prompt, negative_prompt=request.negative_prompt.strip(), strength=strength)
+
+
+def image_to_image(
+    request: GenerationRequest, source: str, sha256: str, *, strength: float, size: ImageSize | None = None
+) -> GenerationRequest:
+    """A request that redraws the picture at `source` (Upscale, Vary): same prompt and style, the
+    caller's new seed and size."""
+    return replace(
+        request, source_image=str(source), source_sha256=sha256, strength=strength, size=size or request.size, count=1
+    )
 
 
 @dataclass(frozen=True)
@@ -145,8 +202,16 @@ def parameters_text(request: GenerationRequest, seed: int, model_id: str) -> str
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    lines.append(
+    fields = (
         f"Steps: {request.steps}, Sampler: {SAMPLER_NAME}, CFG scale: {request.guidance:g}, "
         f"Seed: {seed}, Size: {request.size}, Model: {model_id}"
     )
+    if request.source_image is not None and request.strength is not None:
+        fields += f", Denoising strength: {request.strength:g}"
+        if request.source_sha256:
+            fields += f", Init image hash: {request.source_sha256[:10]}"
+    if request.style is not None:
+        weight = request.style_weight
+        fields += f", Lora: {request.style}" + (f":{weight:g}" if weight is not None else "")
+    lines.append(fields)
     return "\n".join(lines)

@@ -35,6 +35,29 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+MAX_LORAS = 25  # Discord shows at most 25 choices for /imagine style
+LORA_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}"
+LORA_FORMAT = "name=org/repo[/file.safetensors][:weight] or name=/path/to/file.safetensors[:weight]"
+MAX_LORA_WEIGHT = 2.0
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    """One LORAS entry: a style's name, where its weights are, and its default weight."""
+
+    name: str
+    weight: float = 1.0
+    repo_id: str | None = None  # a Hugging Face repo ...
+    filename: str | None = None  # ... optionally with the file inside it
+    path: Path | None = None  # or a local file
+
+    @property
+    def source(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"{self.repo_id}/{self.filename}" if self.filename else str(self.repo_id)
+
+
 class ConfigError(ValueError):
     """A configuration variable has a value the bot cannot use."""
 
@@ -86,6 +109,7 @@ class Settings:
     # Repo id of the image safety classifier; None: the check is off (SAFETY_MODEL set to empty).
     safety_model: str | None = DEFAULT_SAFETY_MODEL
     safety_threshold: float = DEFAULT_SAFETY_THRESHOLD
+    loras: tuple[LoraSource, ...] = ()
 
     @property
     def default_size(self) -> ImageSize:
@@ -132,6 +156,7 @@ class Settings:
                 "a repo id like org/name, or empty to turn the image safety check off",
             ),
             safety_threshold=env.fraction("SAFETY_THRESHOLD", DEFAULT_SAFETY_THRESHOLD),
+            loras=env.loras("LORAS"),
         )
 
     def require_token(self) -> str:
@@ -262,6 +287,51 @@ class _Reader:
         if len(sizes) > 25:
             raise ConfigError(name, raw, "at most 25 sizes (Discord shows at most 25 choices)")
         return tuple(sizes)
+
+    def loras(self, name: str) -> tuple[LoraSource, ...]:
+        raw = self.text(name)
+        if raw is None:
+            return ()
+        loras: list[LoraSource] = []
+        for entry in (part.strip() for part in raw.split(",")):
+            if not entry:
+                continue
+            lora = parse_lora(entry)
+            if lora is None:
+                raise ConfigError(name, raw, f"entry {entry!r} should look like {LORA_FORMAT}")
+            if any(other.name == lora.name for other in loras):
+                raise ConfigError(name, raw, f"the name {lora.name!r} is used twice")
+            loras.append(lora)
+        if len(loras) > MAX_LORAS:
+            raise ConfigError(name, raw, f"at most {MAX_LORAS} styles (Discord shows at most {MAX_LORAS} choices)")
+        return tuple(loras)
+
+
+def parse_lora(entry: str) -> LoraSource | None:
+    """`name=source[:weight]`; None when the entry is malformed. A source that starts like a path
+    (/, ./, ../, ~, a drive letter) or names an existing file is a local file; otherwise it is a
+    Hugging Face repo id, optionally followed by the file's path inside the repository."""
+    name, equals, rest = entry.partition("=")
+    name, rest = name.strip(), rest.strip()
+    if not equals or not re.fullmatch(LORA_NAME, name) or not rest:
+        return None
+    weight = 1.0
+    head, colon, tail = rest.rpartition(":")
+    if colon and head and re.fullmatch(r"[0-9]*\.?[0-9]+", tail.strip()):
+        weight = float(tail)
+        rest = head.strip()
+        if not 0 < weight <= MAX_LORA_WEIGHT:
+            return None
+    expanded = Path(rest).expanduser()
+    if rest.startswith(("/", "./", "../", "~", "\\")) or re.match(r"[A-Za-z]:[\\/]", rest) or expanded.is_file():
+        return LoraSource(name, weight, path=expanded)
+    parts = rest.split("/")
+    if len(parts) < 2 or not all(re.fullmatch(r"[\w.-]+", part) for part in parts):
+        return None
+    filename = "/".join(parts[2:]) or None
+    if filename is not None and not filename.endswith(".safetensors"):
+        return None
+    return LoraSource(name, weight, repo_id="/".join(parts[:2]), filename=filename)
 
 
 def check_writable_folder(variable: str, folder: Path) -> None:

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 BOT = Path(__file__).resolve().parents[1] / "bot"
-SHARED = ("generation", "image_size", "prompt_flags", "image_files", "settings", "guild_settings", "moderation")
+SHARED = (
+    "generation",
+    "image_size",
+    "prompt_flags",
+    "image_files",
+    "image_input",
+    "settings",
+    "guild_settings",
+    "moderation",
+)
 FORBIDDEN = {
     "model": ("bot.jobs", "bot.discord_bot", "cogs", "discord"),
     "jobs": ("bot.discord_bot", "cogs", "discord"),

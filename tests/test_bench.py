@@ -296,8 +296,12 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
     assert figures["load_s"] > 0 and figures["ready_s"] > figures["load_s"]
     assert set(figures["steady_s"]) == {"64x64", "96x64"}
     assert figures["queue"]["delivered"] == 2
+    pictures = figures["image_to_image"]
+    assert pictures["img2img"]["size"] == "64x64" and pictures["upscale"]["size"] == "128x128"
+    assert pictures["img2img"]["steady_s"] > 0 and pictures["upscale"]["steady_s"] > 0
     markdown = (results / "results.md").read_text()
     assert table_row(markdown, "queue of 2 jobs")[2] != "–"
+    assert "### Image-to-image and Upscale" in markdown
 
 
 def test_the_safety_check_phase_runs_on_the_tiny_models(tiny_random_model, tmp_path):

@@ -88,6 +88,11 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         seconds=1.25,
         delivery_attempts=2,
         flagged=[True, False],
+        source_image="outputs/inputs/abc.png",
+        source_sha256="ab" * 32,
+        strength=0.35,
+        style="ink",
+        style_weight=0.8,
     )
     added = store.add(job)
     assert added.id is not None
@@ -126,6 +131,11 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         "seconds": None,
         "delivery_attempts": 3,
         "flagged": [False, True],
+        "source_image": None,
+        "source_sha256": None,
+        "strength": None,
+        "style": None,
+        "style_weight": 1.5,
     }
     assert set(changes) == {f.name for f in dataclasses.fields(JobRecord)} - {"id"}
     expected = dataclasses.replace(added, **{**changes, "state": JobState.DONE, "output_files": ["outputs/c.png"]})
@@ -336,7 +346,7 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert store.update(old.id, delivery_attempts=1).delivery_attempts == 1
 
     conn = sqlite3.connect(data_dir / DB_FILE_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(jobs)")}
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()

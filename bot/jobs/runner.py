@@ -41,6 +41,9 @@ DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
 # Waits before trying a failed delivery again (Discord down, a network blip); after the last one the
 # job stays DONE in the store and is tried again at the next start.
 DELIVERY_RETRY_DELAYS = (10.0, 60.0, 300.0, 900.0)
+# Fields a request and its stored record share by name: image-to-image and styles.
+IMAGE_INPUT_FIELDS = ("source_image", "source_sha256", "strength", "style", "style_weight")
+
 # Shutdown: the whole stop, notices included, ends within SHUTDOWN_TIMEOUT; the running job is cancelled
 # CANCEL_BEFORE seconds before that, so it can stop at a step's end and its state be written.
 SHUTDOWN_TIMEOUT = 25.0
@@ -108,6 +111,7 @@ def record_to_request(record: JobRecord) -> GenerationRequest:
         negative_prompt=record.negative_prompt,
         guidance=record.guidance,
         count=record.count,
+        **{name: getattr(record, name) for name in IMAGE_INPUT_FIELDS},
     )
 
 
@@ -127,6 +131,7 @@ def new_record(request: GenerationRequest, *, user_id: int, user_name: str, chan
         seed=request.seed,
         guidance=request.guidance,
         count=request.count,
+        **{name: getattr(request, name) for name in IMAGE_INPUT_FIELDS},
         **fields,
     )
 
@@ -327,7 +332,7 @@ class JobRunner:
             return
         loop = asyncio.get_running_loop()
         await self._mark(job, JobState.RUNNING, started_at=time.time())
-        job.progress = StepProgress(0, job.request.steps, 0)
+        job.progress = StepProgress(0, job.request.steps_to_run, 0)
         self._show(job)
 
         def on_step(step: StepProgress) -> None:  # called on the GPU thread

@@ -89,6 +89,13 @@ class JobRecord:
     # Per output image: the safety check flagged it (or failed on it). Delivery reads it from here,
     # so a job delivered after a restart obeys the same channel policy.
     flagged: list[bool] = field(default_factory=list)
+    # Image-to-image and styles (see GenerationRequest): the saved input PNG, its SHA-256, strength,
+    # the LoRA style and its weight.
+    source_image: str | None = None
+    source_sha256: str | None = None
+    strength: float | None = None
+    style: str | None = None
+    style_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,14 @@ MIGRATIONS: list[Migration] = [
         )""",
         # The daily limit counts a member's images in one server since midnight.
         "CREATE INDEX jobs_guild_user_created ON jobs (guild_id, user_id, created_at)",
+    ),
+    (
+        # Pictures from pictures and styles: what GenerationRequest needs to run the job again.
+        "ALTER TABLE jobs ADD COLUMN source_image TEXT",
+        "ALTER TABLE jobs ADD COLUMN source_sha256 TEXT",
+        "ALTER TABLE jobs ADD COLUMN strength REAL",
+        "ALTER TABLE jobs ADD COLUMN style TEXT",
+        "ALTER TABLE jobs ADD COLUMN style_weight REAL",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

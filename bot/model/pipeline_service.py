@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,15 +27,19 @@ from bot.generation import (
     GenerationError,
     GenerationRequest,
     GenerationResult,
+    InvalidRequest,
     OutOfMemory,
     ProgressCallback,
     StepProgress,
     validate_request,
 )
+from bot.image_input import load_source
 from bot.image_size import ImageSize
 from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
+from bot.model.img2img import image_to_image_pipeline, vae_tiling_for
 from bot.model.offload import apply_offload
 from bot.model.safety import SafetyChecker, SafetyModelError, fetch_classifier
+from bot.model.styles import StyleBank, StyleError
 from bot.settings import MAX_STEPS, Settings
 
 # Read by diffusers when it is imported: load the shards of each model in parallel.
@@ -117,6 +121,8 @@ class PipelineService:
         self._pipe: ZImagePipeline | None = None
         # The image safety classifier (SAFETY_MODEL), run on the worker thread after each job; None when off.
         self.safety_checker: SafetyChecker | None = None
+        self._img2img: Any = None  # a ZImageImg2ImgPipeline over the same modules
+        self.styles = StyleBank(settings.loras)
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
         # Measured seconds per image by (size, steps); feeds the queue's wait estimates.
@@ -142,7 +148,7 @@ class PipelineService:
         """Stop taking work; the running job (if any) finishes first."""
         self.state = ServiceState.CLOSED
         self._worker.shutdown(wait=True, cancel_futures=True)
-        self._pipe = None
+        self._pipe = self._img2img = None
         self.safety_checker = None
 
     @property
@@ -160,6 +166,13 @@ class PipelineService:
     ) -> Future[GenerationResult]:
         """Queue a validated request on the worker thread. Bad input raises InvalidRequest here."""
         request = validate_request(request, max_steps=MAX_STEPS)
+        if request.style is not None:
+            if request.style not in self.styles.names:
+                offered = ", ".join(self.styles.names) or "none are set up on this bot"
+                raise InvalidRequest(f"Style {request.style!r} is not offered; choose one of: {offered}.")
+            if request.style_weight is None:
+                # Recorded in the PNG's parameters, so the picture can be made again with the same weight.
+                request = replace(request, style_weight=self.styles.default_weight(request.style))
         if not self.ready:
             raise GenerationError(f"the model is not ready (state: {self.state.value})")
         return self._worker.submit(self._generate, request, progress, cancel or CancelToken())
@@ -177,9 +190,9 @@ class PipelineService:
         measured = dict(self._seconds_per_image)  # the GPU thread may add to it meanwhile
         if not measured:
             return None
-        per_image = measured.get((request.size, request.steps))
+        per_image = measured.get((request.size, request.steps_to_run))
         if per_image is None:
-            work = request.steps * request.size.pixels
+            work = request.steps_to_run * request.size.pixels
             (size, steps), seconds = min(
                 measured.items(), key=lambda item: abs(math.log(item[0][1] * item[0][0].pixels / work))
             )
@@ -232,6 +245,7 @@ class PipelineService:
 
         started = time.perf_counter()
         self._pipe = self._load_pipeline()
+        self._img2img = image_to_image_pipeline(self._pipe)
         load_seconds = time.perf_counter() - started + safety_seconds
         log.info(
             "loaded in %.1f s (%s) on %s as %s",
@@ -338,6 +352,9 @@ class PipelineService:
                 pipe.transformer.set_attention_backend(settings.attention_backend)
             except (ValueError, ImportError, RuntimeError) as error:
                 raise ModelLoadError(f"ATTENTION_BACKEND={settings.attention_backend!r}: {error}") from error
+        if settings.quantize == "fp8" and offload == "none" and settings.loras:
+            # The FP8 layers replace the Linear layers that LoRA adapters attach to.
+            raise ModelLoadError("LORAS does not combine with QUANTIZE=fp8: set QUANTIZE=none to use styles")
         if settings.quantize == "fp8":
             if offload != "none":
                 log.warning("QUANTIZE=fp8 ignored: it does not combine with OFFLOAD=%s", offload)
@@ -348,6 +365,11 @@ class PipelineService:
                     raise ModelLoadError(str(error)) from error
                 count = quantize_to_fp8(pipe.transformer)
                 log.info("QUANTIZE=fp8: %d linear layers of the transformer's blocks run in FP8", count)
+        try:
+            # Before compiling: with compilation the LoRAs go into a slot prepared for hot-swapping.
+            self.styles.load(pipe, hotswap=self.compile)
+        except StyleError as error:
+            raise ModelLoadError(str(error)) from error
         if self.compile:
             _use_persistent_compile_cache(settings.data_dir / "compile-cache")
             pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
@@ -374,11 +396,12 @@ class PipelineService:
             )
             log.debug("the compile failure", exc_info=True)
             # A fresh, uncompiled copy: no compiled block and no half-built compiler state survives.
-            self._pipe = None
+            self._pipe = self._img2img = None
             torch.compiler.reset()
             self._free_memory()
             self.compile = False
             self._pipe = self._load_pipeline()
+            self._img2img = image_to_image_pipeline(self._pipe)
             self._warm_up()
 
     def _warm_up_calls(self) -> None:
@@ -393,6 +416,7 @@ class PipelineService:
         warming the other default sizes would cost a generation each at every start (bench/README.md).
         """
         size = self.settings.default_size
+        self._warm_up_image_to_image(size)
         if not self.compile:
             request = GenerationRequest(WARMUP_PROMPTS[0], size, self.settings.default_steps, seed=0)
             self._run(request, None, CancelToken())
@@ -405,11 +429,38 @@ class PipelineService:
         # The first real job measures it (queue estimates are missing only until then).
         self._seconds_per_image.clear()
 
+    def _warm_up_image_to_image(self, size: ImageSize) -> None:
+        """One step of image-to-image at the default size and one of its Upscale: the VAE encoder's
+        first-call set-up, the upscale size's shapes (and, with compilation, the transformer's
+        sequence length at the largest size) are paid here rather than by a user. The style slot is
+        run once too, so its compiled code exists before the first styled job."""
+        from PIL import Image
+
+        from bot.image_input import save_input, upscale_size
+
+        source = save_input(Image.new("RGB", (size.width, size.height), (128, 128, 128)), self.settings.output_dir)
+        base = GenerationRequest(WARMUP_PROMPTS[0], size, 1, seed=0, source_image=str(source.path), strength=1.0)
+        jobs = [base, replace(base, size=upscale_size(size))]
+        if self.styles.names:
+            jobs.append(
+                replace(base, style=self.styles.names[0], style_weight=self.styles.default_weight(self.styles.names[0]))
+            )
+        for job in jobs:
+            result = self._generate(job, None, CancelToken())
+            log.info("warm-up: image-to-image at %s took %.1f s", job.size, result.seconds)
+            # First calls are no speed figure for the queue's estimates.
+            self._seconds_per_image.pop((job.size, job.steps_to_run), None)
+
     def _generate(
         self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
     ) -> GenerationResult:
         if cancel.cancelled:
             raise GenerationCancelled("cancelled before it started")
+        if request.source_image is not None and not Path(request.source_image).is_file():
+            # Retention removed it while the job waited (or the operator cleaned OUTPUT_DIR).
+            raise GenerationError(
+                "the picture this job starts from was removed (old pictures are deleted after a while)"
+            )
         try:
             return self._run(request, progress, cancel)
         except GenerationCancelled:
@@ -466,7 +517,7 @@ class PipelineService:
     ) -> Image.Image:
         def on_step_end(_pipe: Any, step: int, _timestep: Any, callback_kwargs: dict) -> dict:
             if progress is not None:
-                progress(StepProgress(step + 1, request.steps, index))
+                progress(StepProgress(step + 1, request.steps_to_run, index))
             if cancel.cancelled:
                 # Raising leaves the pipeline at once; setting pipe._interrupt would still decode.
                 raise GenerationCancelled("cancelled while running")
@@ -474,7 +525,7 @@ class PipelineService:
 
         # A CPU generator gives the same starting noise, and so the same image, on any machine.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        output = pipe(
+        arguments: dict = dict(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or None,
             height=request.size.height,
@@ -485,10 +536,25 @@ class PipelineService:
             output_type="pil",
             callback_on_step_end=on_step_end,
         )
-        return output.images[0]
+        self.styles.apply(pipe, request.style, request.style_weight)
+        if request.source_image is None:
+            return pipe(**arguments).images[0]
+        assert self._img2img is not None
+        # Upscale asks for a larger size than the saved picture: it is enlarged here, then redrawn.
+        arguments.update(image=load_source(request.source_image, request.size), strength=request.strength)
+        try:
+            with vae_tiling_for(pipe.vae, request.size, self.device):
+                return self._img2img(**arguments).images[0]
+        except torch.OutOfMemoryError:
+            # The estimate of what the VAE needs was short: once more, tiled, from the same seed.
+            self._free_memory()
+            log.warning("out of memory at %s without VAE tiling; trying again with it", request.size)
+        arguments["generator"] = torch.Generator(device="cpu").manual_seed(seed)
+        with vae_tiling_for(pipe.vae, request.size, self.device, force=True):
+            return self._img2img(**arguments).images[0]
 
     def _record_speed(self, request: GenerationRequest, seconds: float) -> None:
-        key = (request.size, request.steps)
+        key = (request.size, request.steps_to_run)
         sample = seconds / request.count
         previous = self._seconds_per_image.get(key)
         self._seconds_per_image[key] = sample if previous is None else 0.7 * previous + 0.3 * sample
