@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def test_parameters_record_strength_input_hash_and_style():
 
 def test_vary_and_upscale_requests_keep_prompt_and_style():
     parent = request(style="ink", style_weight=1.2, count=4)
-    child = image_to_image(parent.with_seed(99), "out.png", SHA, strength=0.35, size=ImageSize(2048, 2048))
+    child = image_to_image(replace(parent, seed=99), "out.png", SHA, strength=0.35, size=ImageSize(2048, 2048))
     assert (child.prompt, child.style, child.style_weight, child.seed) == ("a fox", "ink", 1.2, 99)
     assert (child.source_image, child.source_sha256, child.strength, child.count) == ("out.png", SHA, 0.35, 1)
     assert child.size == ImageSize(2048, 2048)
