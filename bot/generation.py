@@ -6,6 +6,7 @@ without touching the model, and only see PIL images and numbers in results.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections.abc import Callable
@@ -51,6 +52,7 @@ class GenerationRequest:
     negative_prompt: str = ""
     guidance: float = 0.0
     count: int = 1
+    enhance: bool = False  # rewrite the prompt with the prompt enhancer before drawing
 
     def seeds(self) -> list[int]:
         """One seed per image: consecutive, so image i of a batch can be made again on its own."""
@@ -120,19 +122,40 @@ class GenerationResult:
     seeds: list[int]
     seconds: float  # wall time of the pipeline call(s), excluding queueing
     step_seconds: list[float] = field(default_factory=list)
+    # The prompt the images were made from: the enhanced one, or the request's own ("" means the latter).
+    prompt_used: str = ""
+    # Why an enhancement that was asked for was not used (the original prompt was), or None.
+    enhancement_note: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt_used:
+            self.prompt_used = self.request.prompt
+
+    @property
+    def enhanced(self) -> bool:
+        return self.prompt_used != self.request.prompt
 
     @property
     def seconds_per_image(self) -> float:
         return self.seconds / max(1, len(self.images))
 
 
-def parameters_text(request: GenerationRequest, seed: int, model_id: str) -> str:
-    """The `parameters` PNG text chunk, in the form image tools already read (A1111 style)."""
-    lines = [request.prompt]
+def parameters_text(request: GenerationRequest, seed: int, model_id: str, prompt_used: str | None = None) -> str:
+    """The `parameters` PNG text chunk, in the form image tools already read (A1111 style).
+
+    The first line is the prompt that made the image. When that is an enhanced prompt, the user's own
+    goes last on the settings line as `Original prompt: "..."`, JSON-quoted the way A1111 writes
+    its own text-valued settings (`Hires prompt`), so readers that split that line on commas keep it
+    whole and no reader takes it for part of the prompt."""
+    prompt = prompt_used or request.prompt
+    lines = [prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    lines.append(
+    settings = (
         f"Steps: {request.steps}, Sampler: {SAMPLER_NAME}, CFG scale: {request.guidance:g}, "
         f"Seed: {seed}, Size: {request.size}, Model: {model_id}"
     )
+    if prompt != request.prompt:
+        settings += f", Original prompt: {json.dumps(request.prompt, ensure_ascii=False)}"
+    lines.append(settings)
     return "\n".join(lines)
