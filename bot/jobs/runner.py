@@ -92,6 +92,7 @@ def record_to_request(record: JobRecord) -> GenerationRequest:
         negative_prompt=record.negative_prompt,
         guidance=record.guidance,
         count=record.count,
+        enhance=record.enhance,
     )
 
 
@@ -111,6 +112,7 @@ def new_record(request: GenerationRequest, *, user_id: int, user_name: str, chan
         seed=request.seed,
         guidance=request.guidance,
         count=request.count,
+        enhance=request.enhance,
         **fields,
     )
 
@@ -321,7 +323,9 @@ class JobRunner:
         def save_all() -> list[OutputFile]:
             outputs = []
             for image, seed in zip(result.images, result.seeds, strict=True):
-                path, _ = save_png(image, result.request, seed, self.settings.model_id, self.settings.output_dir)
+                path, _ = save_png(
+                    image, result.request, seed, self.settings.model_id, self.settings.output_dir, result.prompt_used
+                )
                 outputs.append(OutputFile(path, seed))
             return outputs
 
@@ -333,6 +337,8 @@ class JobRunner:
             seeds=[file.seed for file in files],
             seconds=result.seconds,
             finished_at=time.time(),
+            enhanced_prompt=result.prompt_used if result.enhanced else None,
+            enhancement_note=result.enhancement_note,
         )
         return files
 

@@ -80,6 +80,9 @@ class JobRecord:
     finished_at: float | None = None
     seconds: float | None = None  # generation time of all images together
     delivery_attempts: int = 0
+    enhance: bool = False  # the requester asked for the prompt enhancer
+    enhanced_prompt: str | None = None  # the prompt the images were made from, when the enhancer's was used
+    enhancement_note: str | None = None  # why an asked-for enhancement was not used
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,12 @@ MIGRATIONS: list[Migration] = [
         # /history reads a user's newest jobs; without this it scans the whole table.
         "CREATE INDEX jobs_user_created ON jobs (user_id, created_at)",
     ),
+    (
+        # The prompt enhancer: whether a job asked for it, the prompt it wrote, or why it was not used.
+        "ALTER TABLE jobs ADD COLUMN enhance INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN enhanced_prompt TEXT",
+        "ALTER TABLE jobs ADD COLUMN enhancement_note TEXT",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -166,6 +175,7 @@ def _to_column(name: str, value: Any) -> Any:
 def _from_row(row: sqlite3.Row) -> JobRecord:
     values = {name: row[name] for name in _FIELD_NAMES}
     values["state"] = JobState(values["state"])
+    values["enhance"] = bool(values["enhance"])
     for name in _JSON_FIELDS:
         values[name] = json.loads(values[name])
     return JobRecord(**values)
