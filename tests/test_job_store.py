@@ -90,7 +90,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         seconds=1.25,
         delivery_attempts=2,
         enhance=True,
-        enhanced_prompt="a fox in deep snow, 提示 \"quoted\"",
+        enhanced_prompt='a fox in deep snow, 提示 "quoted"',
         enhancement_note=None,
     )
     added = store.add(job)
