@@ -297,3 +297,66 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
     assert figures["queue"]["delivered"] == 2
     markdown = (results / "results.md").read_text()
     assert table_row(markdown, "queue of 2 jobs")[2] != "–"
+
+
+def test_the_enhancer_phase_runs_on_the_tiny_model(tiny_random_model, tmp_path):
+    """Plain generation on the CPU; the compiled path is CUDA's and is reported as not tried."""
+    hub, _ = tiny_random_model
+    work = tmp_path / "work"
+    (work / "hf").mkdir(parents=True)
+    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
+    (work / "built-model.json").write_text(TINY.to_json())
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "bench.run_benchmark", "--tiny", "--work-dir", str(work)]
+    run = subprocess.run(
+        [*command, "--results", str(results), "--phases", "enhancer"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr + (results / "phases.log").read_text()
+    figures = json.loads((results / "results.json").read_text())["phases"]["enhancer"]
+    assert figures["status"] == "ok"
+    assert figures["prompt_words"] == 20
+    assert figures["new_parameter_bytes"] == 0 and figures["shares_encoder_storage"] is True
+    assert figures["weights_changed_bytes"] == 0
+    assert figures["plain"]["new_tokens"] == [200, 200]
+    assert figures["enhance_200_tokens_s"] == figures["plain"]["median_s"] > 0
+    assert figures["compiled_error"] == "not tried: compiled decoding is for CUDA only"
+    markdown = (results / "results.md").read_text()
+    assert table_row(markdown, "plain `generate`")[1] == report.seconds(figures["plain"]["median_s"])
+    assert "| enhancer: new parameter bytes | 0 | 0 | yes |" in markdown
+
+
+def test_the_enhancer_targets():
+    enhancer = {
+        "status": "ok",
+        "prompt_words": 20,
+        "input_tokens": 280,
+        "new_parameter_bytes": 0,
+        "shares_encoder_storage": True,
+        "plain": {"median_s": 8.5, "ms_per_token": 42.5},
+        "compiled": {"median_s": 1.2, "ms_per_token": 6.0},
+        "compiled_first_call_s": 45.0,
+        "enhance_200_tokens_s": 1.2,
+        "weights_gib": 7.5,
+        "extra_peak_gib": 0.31,
+        "extra_resident_gib": 0.15,
+    }
+    targets = {target.name: target for target in report.evaluate_targets(fake_results(enhancer=enhancer))}
+    assert targets["enhancer: 200 new tokens"].met is True
+    assert targets["enhancer: extra peak GPU memory"].met is True
+    assert targets["enhancer: new parameter bytes"].met is True
+    markdown = report.render_markdown(fake_results(enhancer=enhancer))
+    assert table_row(markdown, "static cache, compiled decode step") == [
+        "static cache, compiled decode step",
+        "1.20",
+        "6.0",
+        "45.0",
+    ]
+    failed = dict(enhancer, compiled_error="BackendCompilerFailed: boom", enhance_200_tokens_s=8.5)
+    markdown = report.render_markdown(fake_results(enhancer=failed))
+    assert table_row(markdown, "static cache, compiled decode step")[3] == "BackendCompilerFailed: boom"
+    assert "| enhancer: 200 new tokens | <= 2 s | 8.50 s | **no** |" in markdown
+    assert {t.name: t for t in report.evaluate_targets(fake_results())}["enhancer: 200 new tokens"].met is None
