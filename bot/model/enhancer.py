@@ -249,15 +249,16 @@ class PromptEnhancer:
             stopping_criteria=StoppingCriteriaList([deadline]),
             **SAMPLING,
         )
-        if fast:
-            from transformers import CompileConfig
-
-            kwargs[self._cache_argument()] = self._reset_cache()
-            kwargs["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
         devices = [self.device] if self.device.type == "cuda" else []
         started = time.perf_counter()
         # A private RNG state: the same seed gives the same rewrite, and the caller's RNG is untouched.
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            if fast:
+                from transformers import CompileConfig
+
+                # Inside inference mode: the cache's tensors are inference tensors, reset in place.
+                kwargs[self._cache_argument()] = self._reset_cache()
+                kwargs["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
             torch.manual_seed(seed)
             output = self.model.generate(**kwargs)
         new = output[0, input_ids.shape[1] :].tolist()
