@@ -159,6 +159,24 @@ def test_a_clean_rewrite_is_used(tiny_pipe, enhancer):
     assert stop not in result.token_ids
 
 
+def test_the_static_cache_is_reused_and_a_failing_fast_path_falls_back_to_plain_generation(tiny_pipe):
+    # Compiling is for CUDA; on the CPU transformers runs the same static-cache path uncompiled.
+    fast = make_enhancer(tiny_pipe)
+    fast.fast = True
+    ids = fast.input_ids(PROMPT)
+    first = fast.generate(ids, seed=3)
+    keys = fast.static_cache.layers[0].keys.data_ptr()
+    again = fast.generate(ids, seed=3)
+    assert first.fast_path and again.fast_path and first.token_ids == again.token_ids
+    assert fast.static_cache.layers[0].keys.data_ptr() == keys  # one cache, same addresses, every call
+    # A cache too short for the chat fails inside the model: that call and all later ones go plain.
+    cramped = make_enhancer(tiny_pipe, cache_tokens=ids.shape[1] // 2)
+    cramped.fast = True
+    generated = cramped.generate(ids, seed=3)
+    assert not generated.fast_path and generated.token_ids
+    assert cramped.fast is False and cramped.fast_error.startswith("IndexError")
+
+
 # ----- every way a rewrite is not used --------------------------------------------------------------
 
 

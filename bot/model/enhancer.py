@@ -157,7 +157,7 @@ class PromptEnhancer:
         # hundred kernel launches from Python. CUDA only; anything that fails there turns it off.
         self.fast = compile and self.device.type == "cuda"
         self.fast_error: str | None = None
-        self._static_cache = None
+        self.static_cache = None  # made by the first fast call, then reused (reset) by every later one
 
     # ----- the chat --------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ class PromptEnhancer:
                 # failure costs speed, never the rewrite.
                 self.fast = False
                 self.fast_error = f"{type(error).__name__}: {error}"
-                self._static_cache = None
+                self.static_cache = None
                 log.warning("the enhancer's compiled decoding failed; using plain generation (%s)", self.fast_error)
         return self._generate(input_ids, seed, *limits, fast=False)
 
@@ -280,11 +280,11 @@ class PromptEnhancer:
         """One static cache for every call: its tensors keep their addresses, which CUDA graphs need."""
         from transformers import StaticCache
 
-        if self._static_cache is None:
-            self._static_cache = StaticCache(config=self.model.config, max_cache_len=self.cache_tokens)
+        if self.static_cache is None:
+            self.static_cache = StaticCache(config=self.model.config, max_cache_len=self.cache_tokens)
         else:
-            self._static_cache.reset()
-        return self._static_cache
+            self.static_cache.reset()
+        return self.static_cache
 
     def _problem(self, generated: Generated, time_limit_s: float) -> str | None:
         if generated.timed_out:
