@@ -192,11 +192,12 @@ def _load_service(settings: Settings, *, warm_up: bool):
         return None
     source = "local cache" if report.from_cache else "downloaded"
     log.info(
-        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s)",
+        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s; prompt enhancer %s)",
         report.load_seconds + report.warmup_seconds,
         source,
         report.load_seconds,
         report.warmup_seconds,
+        report.enhancer,
     )
     return service
 
