@@ -371,7 +371,13 @@ class PipelineService:
             if self.enhancer_problem:
                 note = f"the prompt enhancer was turned off at start-up ({self.enhancer_problem})"
             return EnhancedPrompt(prompt, prompt, note)
-        result = self.enhancer.enhance(prompt, seed)
+        try:
+            result = self.enhancer.enhance(prompt, seed)
+        except torch.OutOfMemoryError:
+            # The picture may still fit once the rewrite's cache is freed: draw the original prompt.
+            log.warning("the prompt enhancer ran out of GPU memory; drawing the original prompt")
+            self._free_memory()
+            return EnhancedPrompt(prompt, prompt, "the enhancer ran out of GPU memory")
         if result.enhanced and prompt_check is not None:
             reason = prompt_check(result.text)
             if reason:
