@@ -19,6 +19,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import Qwen3ForCausalLM, StoppingCriteria, StoppingCriteriaList
@@ -99,7 +100,7 @@ class _Deadline(StoppingCriteria):
         self.deadline = time.monotonic() + seconds
         self.hit = False
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.Tensor:
         if time.monotonic() >= self.deadline:
             self.hit = True
         return torch.full((input_ids.shape[0],), self.hit, dtype=torch.bool, device=input_ids.device)
@@ -121,7 +122,7 @@ class PromptEnhancer:
 
     def __init__(
         self,
-        text_encoder: torch.nn.Module,
+        text_encoder: Any,  # transformers' Qwen3Model, as the pipeline loaded it
         tokenizer,
         *,
         max_new_tokens: int = MAX_NEW_TOKENS,
@@ -157,7 +158,7 @@ class PromptEnhancer:
         # hundred kernel launches from Python. CUDA only; anything that fails there turns it off.
         self.fast = compile and self.device.type == "cuda"
         self.fast_error: str | None = None
-        self.static_cache = None  # made by the first fast call, then reused (reset) by every later one
+        self.static_cache: Any = None  # made by the first fast call, then reused (reset) by every later one
 
     # ----- the chat --------------------------------------------------------------------------
 
