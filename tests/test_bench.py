@@ -233,13 +233,13 @@ async def test_png_saving_overlaps_the_next_generation(loaded_service, tmp_path,
     saves: dict[int, tuple[float, float]] = {}
     real_save = job_runner.save_png
 
-    def slow_save(image, request, seed, model_id, output_dir):
+    def slow_save(image, request, seed, model_id, output_dir, prompt_used=None):
         # Saving a 1024x1024 PNG takes 100-150 ms of CPU on the real model; here it is made long
         # enough that the GPU thread, if it waited for it, could not start the next job in time.
         begun = time.perf_counter()
         assert threading.current_thread() is not threading.main_thread()
         time.sleep(0.4)
-        result = real_save(image, request, seed, model_id, output_dir)
+        result = real_save(image, request, seed, model_id, output_dir, prompt_used)
         saves[seed] = (begun, time.perf_counter())
         return result
 
