@@ -247,6 +247,15 @@ def test_answers_that_cannot_be_prompts(answer, note):
     assert check_answer(clean_answer(answer)) == note
 
 
+def test_text_to_draw_must_survive_the_rewrite():
+    original = 'a shop sign that says "OPEN 24/7" and a banner “大减价”'
+    kept = 'a small shop at night, a neon sign reading "OPEN 24/7", a red banner with “大减价”, rain'
+    assert check_answer(kept, original=original) is None
+    dropped = "a small shop at night, a neon sign reading OPEN, a red banner with “大减价”, rain"
+    assert check_answer(dropped, original=original) == 'the enhanced prompt did not keep the text to draw ("OPEN 24/7")'
+    assert check_answer("a fox", original="a fox") is None
+
+
 def test_the_answer_is_cleaned_of_labels_think_blocks_and_wrapping_quotes():
     answer = '<think>\nhmm\n</think>\n\nPrompt: "a fox in snow,\n soft light"'
     assert clean_answer(answer) == "a fox in snow, soft light"

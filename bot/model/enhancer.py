@@ -71,6 +71,8 @@ _REFUSAL = re.compile(
 # Labels a model may put before its answer although it was told not to.
 _LABEL = re.compile(r"^\s*(enhanced prompt|rewritten prompt|prompt|提示词|优化后的提示词)\s*[:：]\s*", re.IGNORECASE)
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+# Text in quotes in the user's prompt is text to draw: the rewrite must carry it unchanged.
+_QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|「([^」]+)」|『([^』]+)』')
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ class PromptEnhancer:
         note = self._problem(generated, time_limit_s or self.time_limit_s)
         text = clean_answer(raw)
         if note is None:
-            note = check_answer(text, self.max_chars)
+            note = check_answer(text, self.max_chars, original=prompt)
         if note is not None:
             log.info("enhanced prompt not used (%s): %r", note, raw[:200])
             return EnhancedPrompt(prompt, prompt, note, seconds, raw, tuple(generated.token_ids))
@@ -334,8 +336,13 @@ def is_text(text: str) -> bool:
     return wordy >= 0.6 * len(text)
 
 
-def check_answer(text: str, max_chars: int = MAX_PROMPT_CHARS) -> str | None:
-    """Why a cleaned answer cannot be used as a prompt, or None when it can."""
+def quoted_text(prompt: str) -> list[str]:
+    """The pieces of a prompt in double quotes (ASCII, curly or CJK): text the picture should show."""
+    return [next(group for group in match.groups() if group) for match in _QUOTED.finditer(prompt)]
+
+
+def check_answer(text: str, max_chars: int = MAX_PROMPT_CHARS, *, original: str = "") -> str | None:
+    """Why a cleaned answer cannot be used as a prompt for `original`, or None when it can."""
     if not text:
         return "the enhancer returned nothing"
     if len(text) > max_chars:
@@ -344,4 +351,7 @@ def check_answer(text: str, max_chars: int = MAX_PROMPT_CHARS) -> str | None:
         return "the enhancer's answer was not readable text"
     if _REFUSAL.search(text):
         return "the enhancer declined to rewrite this prompt"
+    for piece in quoted_text(original):
+        if piece not in text:
+            return f'the enhanced prompt did not keep the text to draw ("{piece}")'
     return None
