@@ -330,7 +330,7 @@ def measure_enhancer(config: PhaseConfig) -> dict:
     from huggingface_hub import snapshot_download
     from transformers import AutoTokenizer, Qwen3Model
 
-    from bot.model.enhancer import PromptEnhancer, parameter_bytes
+    from bot.model.enhancer import Generated, PromptEnhancer, parameter_bytes
 
     device = torch.device(config.device)
     cuda = device.type == "cuda"
@@ -364,7 +364,7 @@ def measure_enhancer(config: PhaseConfig) -> dict:
     enhancer.cache_tokens = max(enhancer.cache_tokens, figures["input_tokens"] + ENHANCER_NEW_TOKENS)
     figures["cache_tokens"] = enhancer.cache_tokens
 
-    def run(seed: int) -> tuple[float, object]:
+    def run(seed: int) -> tuple[float, Generated]:
         begun = time.perf_counter()
         generated = enhancer.generate(
             input_ids, seed=seed, max_new_tokens=ENHANCER_NEW_TOKENS, min_new_tokens=ENHANCER_NEW_TOKENS
@@ -373,14 +373,17 @@ def measure_enhancer(config: PhaseConfig) -> dict:
         return time.perf_counter() - begun, generated
 
     def timed(runs: int, first_seed: int) -> dict:
-        times, tokens, fast = [], [], []
+        times: list[float] = []
+        tokens: list[int] = []
+        fast: list[bool] = []
         for index in range(runs):
             seconds, generated = run(first_seed + index)
             times.append(seconds)
             tokens.append(len(generated.token_ids))
             fast.append(generated.fast_path)
-        part = {"times_s": times, "median_s": median(times), "new_tokens": tokens, "fast_path": fast}
-        part["ms_per_token"] = 1000 * part["median_s"] / max(1, tokens[-1])
+        middle = statistics.median(times)
+        part = {"times_s": times, "median_s": middle, "new_tokens": tokens, "fast_path": fast}
+        part["ms_per_token"] = 1000 * middle / max(1, tokens[-1])
         return part
 
     fast_wanted = enhancer.fast

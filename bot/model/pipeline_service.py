@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bot.generation import (
     CancelToken,
@@ -271,7 +272,7 @@ class PipelineService:
     def _build_enhancer(self, *, self_test: bool) -> None:
         """The enhancer on the resident text encoder; with `self_test`, one fixed rewrite (which also
         compiles its decoding on CUDA) decides whether it may be used."""
-        pipe = self._pipe
+        pipe: Any = self._pipe
         assert pipe is not None
         # Offloaded weights live on the CPU between uses; compiled decoding cannot follow them.
         compile_decoding = self.compile and self.settings.offload == "none"
