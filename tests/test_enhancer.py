@@ -177,6 +177,16 @@ def test_the_static_cache_is_reused_and_a_failing_fast_path_falls_back_to_plain_
     assert cramped.fast is False and cramped.fast_error.startswith("IndexError")
 
 
+def test_a_self_test_failed_on_the_fast_path_is_tried_again_with_plain_generation(tiny_pipe):
+    enhancer = make_enhancer(tiny_pipe)
+    plain_problem = enhancer.self_test()  # noise from random weights: no text
+    assert plain_problem is not None
+    enhancer.fast = True
+    assert enhancer.self_test() == plain_problem
+    assert enhancer.fast is False
+    assert enhancer.fast_error == f"self-test on the compiled path: {plain_problem}"
+
+
 # ----- every way a rewrite is not used --------------------------------------------------------------
 
 

@@ -202,7 +202,19 @@ class PromptEnhancer:
         return EnhancedPrompt(prompt, text, None, seconds, raw, tuple(generated.token_ids))
 
     def self_test(self) -> str | None:
-        """Rewrite a fixed prompt; the reason the enhancer must not be used, or None when it writes text."""
+        """Rewrite a fixed prompt; the reason the enhancer must not be used, or None when it writes text.
+
+        A compiled path that writes no text is not trusted either: plain generation gets the same test."""
+        problem = self._self_test_once()
+        if problem is not None and self.fast:
+            self.fast = False
+            self.fast_error = f"self-test on the compiled path: {problem}"
+            self.static_cache = None
+            log.warning("the enhancer's compiled decoding failed its self-test (%s); trying plain generation", problem)
+            problem = self._self_test_once()
+        return problem
+
+    def _self_test_once(self) -> str | None:
         result = self.enhance(SELF_TEST_PROMPT, seed=0, time_limit_s=SELF_TEST_TIME_LIMIT_S)
         answer = clean_answer(result.raw)
         if result.note and result.note.startswith("the enhancer failed"):
