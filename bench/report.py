@@ -286,6 +286,47 @@ def safety_table(results: dict) -> list[str]:
     return lines
 
 
+def enhancer_table(results: dict) -> list[str]:
+    """The prompt enhancer: a 20-word prompt to 200 new tokens, plain and with the compiled decode step."""
+    entry = results.get("phases", {}).get("enhancer")
+    if entry is None:
+        return []
+    if entry.get("status") != "ok":
+        return [f"Not measured: {entry.get('status')} ({entry.get('error') or entry.get('reason') or ''})."]
+    lines = [
+        f"A {entry.get('prompt_words')}-word prompt ({entry.get('input_tokens')} tokens with the chat) rewritten to "
+        "200 new tokens on the text encoder with its tied head: "
+        f"{entry.get('new_parameter_bytes')} bytes of new parameters, "
+        f"storage shared with the encoder: {'yes' if entry.get('shares_encoder_storage') else '**no**'}.",
+        "",
+        "| decoding | 200 tokens, median (s) | ms a token | first call (s) |",
+        "|---|---|---|---|",
+    ]
+    plain = entry.get("plain") or {}
+    lines.append(f"| plain `generate` | {seconds(plain.get('median_s'))} | {_ms(plain.get('ms_per_token'))} | – |")
+    compiled = entry.get("compiled") or {}
+    error = entry.get("compiled_error")
+    if compiled and not error:
+        lines.append(
+            f"| static cache, compiled decode step | {seconds(compiled.get('median_s'))} | "
+            f"{_ms(compiled.get('ms_per_token'))} | {seconds(entry.get('compiled_first_call_s'))} |"
+        )
+    else:
+        lines.append(f"| static cache, compiled decode step | – | – | {error or 'not run'} |")
+    if entry.get("extra_peak_gib") is not None:
+        lines += [
+            "",
+            f"Extra GPU memory over the weights ({gib(entry.get('weights_gib'))} GiB): "
+            f"{entry['extra_peak_gib']:.2f} GiB at the peak, {entry.get('extra_resident_gib') or 0:.2f} GiB "
+            "kept between rewrites (the static cache).",
+        ]
+    return lines
+
+
+def _ms(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def evaluate_targets(results: dict) -> list[Target]:
     """The issue's targets (1024x1024, 8 steps unless said), each met, missed or not measured."""
     targets = []
@@ -350,6 +391,12 @@ def evaluate_targets(results: dict) -> list[Target]:
             seconds(latency) + " s",
             lambda latency=latency, goal=time_goal: latency <= goal,
         )
+    enhance = get(results, "enhancer", "enhance_200_tokens_s")
+    check("enhancer: 200 new tokens", "<= 2 s", enhance, seconds(enhance) + " s", lambda: enhance <= 2.0)
+    extra = get(results, "enhancer", "extra_peak_gib")
+    check("enhancer: extra peak GPU memory", "<= 0.5 GiB", extra, f"{extra or 0:.2f} GiB", lambda: extra <= 0.5)
+    added = get(results, "enhancer", "new_parameter_bytes")
+    check("enhancer: new parameter bytes", "0", added, str(added), lambda: added == 0)
     return targets
 
 
@@ -398,6 +445,9 @@ def render_markdown(results: dict) -> str:
     profile = profile_table(results)
     if profile:
         lines += ["", "### Where the time of a steady image goes (ours)", "", *profile]
+    enhancer = enhancer_table(results)
+    if enhancer:
+        lines += ["", "### Prompt enhancer", "", *enhancer]
     lines += ["", "### Targets", "", *targets_table(results)]
     problems = failures(results)
     if problems:

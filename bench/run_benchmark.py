@@ -18,6 +18,8 @@ Phases (default order; the cold ones last, since dropping the page cache slows w
   offload_model       OFFLOAD=model
   offload_sequential  OFFLOAD=sequential
   ours_eager          COMPILE=0
+  enhancer            the prompt enhancer: a 20-word prompt to 200 new tokens on the text encoder with
+                      its tied head, plain generation and the compiled decode step (CUDA)
   baseline_cold       baseline start-up with the page cache dropped (needs root; skipped otherwise)
   ours_cold           ours start-up (warm compile cache) with the page cache dropped
   disk_read           raw read of every weight file with the page cache dropped
@@ -73,7 +75,7 @@ BOT_VARIABLES = (
 
 @dataclass(frozen=True)
 class Phase:
-    kind: str  # baseline | service | disk_read
+    kind: str  # baseline | service | enhancer | disk_read
     data: str | None = None  # DATA_DIR name; phases that share one share the compile cache
     fresh_data: bool = False  # start from an empty DATA_DIR (no compile cache)
     env: dict = field(default_factory=dict)
@@ -117,6 +119,8 @@ PHASES = {
     # The FP8 opt-in, and the bf16 service measured the same way beside it (no queue or profile).
     "ours_fp8": Phase("service", data="fp8", fresh_data=True, env={"QUANTIZE": "fp8"}),
     "ours_bf16": Phase("service", data="bf16", fresh_data=True),
+    # The prompt enhancer on the text encoder alone: 200 new tokens, plain and compiled.
+    "enhancer": Phase("enhancer", repeats=3),
 }
 DEFAULT_PHASES = (
     "baseline",
@@ -126,6 +130,7 @@ DEFAULT_PHASES = (
     "offload_model",
     "offload_sequential",
     "ours_eager",
+    "enhancer",
     "baseline_cold",
     "ours_cold",
     "disk_read",

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--negative-prompt", default="", help="what to avoid (needs --guidance above 0)")
     generate.add_argument("--guidance", type=float, default=0.0, help="CFG scale (Turbo is made for 0)")
     generate.add_argument("--out", type=Path, help="where to write the PNG (default: a new file in OUTPUT_DIR)")
+    generate.add_argument(
+        "--enhance", action="store_true", help="rewrite the prompt with the prompt enhancer first (ENHANCER=on)"
+    )
     return parser
 
 
@@ -143,6 +146,7 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed if args.seed is not None else random_seed(),
         negative_prompt=args.negative_prompt,
         guidance=args.guidance,
+        enhance=args.enhance,
     )
     try:
         request = validate_request(request, max_steps=MAX_STEPS)
@@ -166,12 +170,17 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         service.close()
     image, seed = result.images[0], result.seeds[0]
+    if request.enhance:
+        if result.enhanced:
+            log.info("enhanced prompt: %s", result.prompt_used)
+        else:
+            log.warning("prompt not enhanced: %s", result.enhancement_note)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(encode_png(image, parameters_text(request, seed, settings.model_id)))
+        args.out.write_bytes(encode_png(image, parameters_text(request, seed, settings.model_id, result.prompt_used)))
         path = args.out
     else:
-        path, _ = save_png(image, request, seed, settings.model_id, settings.output_dir)
+        path, _ = save_png(image, request, seed, settings.model_id, settings.output_dir, result.prompt_used)
     log.info("%s in %.1f s (seed %d)", request.size, result.seconds, seed)
     if result.flagged[0]:
         score = result.nsfw_scores[0]
@@ -259,11 +268,12 @@ def _load_service(settings: Settings, *, warm_up: bool):
         return None
     source = "local cache" if report.from_cache else "downloaded"
     log.info(
-        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s)",
+        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s; prompt enhancer %s)",
         report.load_seconds + report.warmup_seconds,
         source,
         report.load_seconds,
         report.warmup_seconds,
+        report.enhancer,
     )
     return service
 

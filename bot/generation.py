@@ -6,6 +6,7 @@ without touching the model, and only see PIL images and numbers in results.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class GenerationRequest:
     # A LoRA style by its LORAS name, and its weight (None: the weight LORAS gives it).
     style: str | None = None
     style_weight: float | None = None
+    enhance: bool = False  # rewrite the prompt with the prompt enhancer before drawing
 
     def seeds(self) -> list[int]:
         """One seed per image: consecutive, so image i of a batch can be made again on its own."""
@@ -178,6 +180,18 @@ class GenerationResult:
     # The SAFETY_THRESHOLD the images were checked against; None when the check is off (not checked).
     safety_threshold: float | None = None
     safety_seconds: float = 0.0  # the part of `seconds` the safety check took
+    # The prompt the images were made from: the enhanced one, or the request's own ("" means the latter).
+    prompt_used: str = ""
+    # Why an enhancement that was asked for was not used (the original prompt was), or None.
+    enhancement_note: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt_used:
+            self.prompt_used = self.request.prompt
+
+    @property
+    def enhanced(self) -> bool:
+        return self.prompt_used != self.request.prompt
 
     @property
     def safety_checked(self) -> bool:
@@ -197,9 +211,15 @@ class GenerationResult:
         ]
 
 
-def parameters_text(request: GenerationRequest, seed: int, model_id: str) -> str:
-    """The `parameters` PNG text chunk, in the form image tools already read (A1111 style)."""
-    lines = [request.prompt]
+def parameters_text(request: GenerationRequest, seed: int, model_id: str, prompt_used: str | None = None) -> str:
+    """The `parameters` PNG text chunk, in the form image tools already read (A1111 style).
+
+    The first line is the prompt that made the image. When that is an enhanced prompt, the user's own
+    goes last on the settings line as `Original prompt: "..."`, JSON-quoted the way A1111 writes
+    its own text-valued settings (`Hires prompt`), so readers that split that line on commas keep it
+    whole and no reader takes it for part of the prompt."""
+    prompt = prompt_used or request.prompt
+    lines = [prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     fields = (
@@ -213,5 +233,7 @@ def parameters_text(request: GenerationRequest, seed: int, model_id: str) -> str
     if request.style is not None:
         weight = request.style_weight
         fields += f", Lora: {request.style}" + (f":{weight:g}" if weight is not None else "")
+    if prompt != request.prompt:
+        fields += f", Original prompt: {json.dumps(request.prompt, ensure_ascii=False)}"
     lines.append(fields)
     return "\n".join(lines)

@@ -62,10 +62,16 @@ def time_stem(seed: int, now: datetime | None = None) -> str:
 
 
 def save_png(
-    image: Image.Image, request: GenerationRequest, seed: int, model_id: str, output_dir: Path
+    image: Image.Image,
+    request: GenerationRequest,
+    seed: int,
+    model_id: str,
+    output_dir: Path,
+    prompt_used: str | None = None,
 ) -> tuple[Path, bytes]:
-    """Encode and save one image; returns the file and its bytes (for uploading without re-encoding)."""
-    data = encode_png(image, parameters_text(request, seed, model_id))
+    """Encode and save one image; returns the file and its bytes (for uploading without re-encoding).
+    `prompt_used`: the enhanced prompt the image was made from, if any."""
+    data = encode_png(image, parameters_text(request, seed, model_id, prompt_used))
     return write_new_file(output_dir, time_stem(seed), ".png", data), data
 
 

@@ -30,6 +30,7 @@ MAX_STEPS = 50
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 OFFLOAD_MODES = ("none", "model", "sequential")
 QUANTIZE_MODES = ("none", "fp8")
+ENHANCER_MODES = ("on", "off")
 DTYPES = ("auto", "bfloat16", "float32")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -102,6 +103,7 @@ class Settings:
     attention_backend: str | None = None
     compile: bool | None = None  # None: decided by the device (on for CUDA, off elsewhere)
     quantize: str = "none"
+    enhancer: bool = True  # the prompt enhancer on the resident text encoder
     discord_api_base: str = DEFAULT_API_BASE
     discord_gateway_url: str | None = None
     log_level: str = "INFO"
@@ -145,6 +147,7 @@ class Settings:
             attention_backend=env.text("ATTENTION_BACKEND"),
             compile=env.flag("COMPILE"),
             quantize=env.choice("QUANTIZE", "none", QUANTIZE_MODES),
+            enhancer=env.choice("ENHANCER", "on", ENHANCER_MODES) == "on",
             discord_api_base=env.url("DISCORD_API_BASE", DEFAULT_API_BASE, ("http://", "https://")) or DEFAULT_API_BASE,
             discord_gateway_url=env.url("DISCORD_GATEWAY_URL", None, ("ws://", "wss://")),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),

@@ -234,13 +234,13 @@ async def test_png_saving_overlaps_the_next_generation(loaded_service, tmp_path,
     saves: dict[int, tuple[float, float]] = {}
     real_save = job_runner.save_png
 
-    def slow_save(image, request, seed, model_id, output_dir):
+    def slow_save(image, request, seed, model_id, output_dir, prompt_used=None):
         # Saving a 1024x1024 PNG takes 100-150 ms of CPU on the real model; here it is made long
         # enough that the GPU thread, if it waited for it, could not start the next job in time.
         begun = time.perf_counter()
         assert threading.current_thread() is not threading.main_thread()
         time.sleep(0.4)
-        result = real_save(image, request, seed, model_id, output_dir)
+        result = real_save(image, request, seed, model_id, output_dir, prompt_used)
         saves[seed] = (begun, time.perf_counter())
         return result
 
@@ -307,6 +307,10 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
 def test_the_safety_check_phase_runs_on_the_tiny_models(tiny_random_model, tmp_path):
     """ours_safety: the classifier built beside the pipeline, the same job with the check and without in one
     process, the check alone, and the table and targets, on the CPU."""
+
+
+def test_the_enhancer_phase_runs_on_the_tiny_model(tiny_random_model, tmp_path):
+    """Plain generation on the CPU; the compiled path is CUDA's and is reported as not tried."""
     hub, _ = tiny_random_model
     work = tmp_path / "work"
     (work / "hf").mkdir(parents=True)
@@ -330,3 +334,55 @@ def test_the_safety_check_phase_runs_on_the_tiny_models(tiny_random_model, tmp_p
         f"{figures['off_s']:.2f}",
     ]
     assert table_row(markdown, "safety check, steady latency")[1:3] == ["<= +2%", f"{figures['cost']:+.1%}"]
+    run = subprocess.run(
+        [*command, "--results", str(results), "--phases", "enhancer"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr + (results / "phases.log").read_text()
+    figures = json.loads((results / "results.json").read_text())["phases"]["enhancer"]
+    assert figures["status"] == "ok"
+    assert figures["prompt_words"] == 20
+    assert figures["new_parameter_bytes"] == 0 and figures["shares_encoder_storage"] is True
+    assert figures["weights_changed_bytes"] == 0
+    assert figures["plain"]["new_tokens"] == [200, 200]
+    assert figures["enhance_200_tokens_s"] == figures["plain"]["median_s"] > 0
+    assert figures["compiled_error"] == "not tried: compiled decoding is for CUDA only"
+    markdown = (results / "results.md").read_text()
+    assert table_row(markdown, "plain `generate`")[1] == report.seconds(figures["plain"]["median_s"])
+    assert "| enhancer: new parameter bytes | 0 | 0 | yes |" in markdown
+
+
+def test_the_enhancer_targets():
+    enhancer = {
+        "status": "ok",
+        "prompt_words": 20,
+        "input_tokens": 280,
+        "new_parameter_bytes": 0,
+        "shares_encoder_storage": True,
+        "plain": {"median_s": 8.5, "ms_per_token": 42.5},
+        "compiled": {"median_s": 1.2, "ms_per_token": 6.0},
+        "compiled_first_call_s": 45.0,
+        "enhance_200_tokens_s": 1.2,
+        "weights_gib": 7.5,
+        "extra_peak_gib": 0.31,
+        "extra_resident_gib": 0.15,
+    }
+    targets = {target.name: target for target in report.evaluate_targets(fake_results(enhancer=enhancer))}
+    assert targets["enhancer: 200 new tokens"].met is True
+    assert targets["enhancer: extra peak GPU memory"].met is True
+    assert targets["enhancer: new parameter bytes"].met is True
+    markdown = report.render_markdown(fake_results(enhancer=enhancer))
+    assert table_row(markdown, "static cache, compiled decode step") == [
+        "static cache, compiled decode step",
+        "1.20",
+        "6.0",
+        "45.0",
+    ]
+    failed = dict(enhancer, compiled_error="BackendCompilerFailed: boom", enhance_200_tokens_s=8.5)
+    markdown = report.render_markdown(fake_results(enhancer=failed))
+    assert table_row(markdown, "static cache, compiled decode step")[3] == "BackendCompilerFailed: boom"
+    assert "| enhancer: 200 new tokens | <= 2 s | 8.50 s | **no** |" in markdown
+    assert {t.name: t for t in report.evaluate_targets(fake_results())}["enhancer: 200 new tokens"].met is None

@@ -75,3 +75,12 @@ def test_generate_with_the_model_missing_says_what_to_do(tmp_path):
     assert result.returncode == 1
     assert "HF_HUB_OFFLINE" in result.stderr and "zimage-bot download" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_generate_with_enhance_says_what_became_of_the_prompt(hub_cache, tmp_path):
+    # The tiny model's random weights write noise: the rewrite is refused and the original drawn.
+    env = tiny_env(tmp_path, hub_cache)
+    result = zimage_bot(["generate", "a fox", "--size", "64x64", "--seed", "1", "--enhance"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "prompt not enhanced: the enhance" in result.stderr
+    assert read_parameters(Path(result.stdout.strip()).read_bytes()).startswith("a fox\nSteps: ")

@@ -129,6 +129,11 @@ def info_embed(record, model_id: str) -> discord.Embed:
     embed.add_field(name="State", value=record.state.value)
     if record.negative_prompt:
         embed.add_field(name="Negative prompt", value=record.negative_prompt[:1024], inline=False)
+    # The description holds the requester's own prompt; the enhancer's rewrite, or why there is none.
+    if record.enhanced_prompt:
+        embed.add_field(name="Enhanced prompt (used)", value=record.enhanced_prompt[:1024], inline=False)
+    elif record.enhancement_note:
+        embed.add_field(name="Prompt enhancer", value=f"Not used: {record.enhancement_note}."[:1024], inline=False)
     if record.seconds is not None:
         embed.add_field(name="Time", value=format_seconds(record.seconds))
     if record.error:

@@ -112,6 +112,7 @@ def record_to_request(record: JobRecord) -> GenerationRequest:
         guidance=record.guidance,
         count=record.count,
         **{name: getattr(record, name) for name in IMAGE_INPUT_FIELDS},
+        enhance=record.enhance,
     )
 
 
@@ -132,6 +133,7 @@ def new_record(request: GenerationRequest, *, user_id: int, user_name: str, chan
         guidance=request.guidance,
         count=request.count,
         **{name: getattr(request, name) for name in IMAGE_INPUT_FIELDS},
+        enhance=request.enhance,
         **fields,
     )
 
@@ -398,6 +400,8 @@ class JobRunner:
                     flagged=list(result.flagged),
                     seconds=result.seconds,
                     finished_at=time.time(),
+                    enhanced_prompt=result.prompt_used if result.enhanced else None,
+                    enhancement_note=result.enhancement_note,
                 )
             except Exception as error:
                 self.health.note("job store", error)
@@ -465,7 +469,9 @@ class JobRunner:
         """Encode and write the PNGs (blocking, in a thread: CPU work of 100-150 ms a 1024x1024 image)."""
         outputs = []
         for image, seed in zip(result.images, result.seeds, strict=True):
-            path, _ = save_png(image, result.request, seed, self.settings.model_id, self.settings.output_dir)
+            path, _ = save_png(
+                image, result.request, seed, self.settings.model_id, self.settings.output_dir, result.prompt_used
+            )
             outputs.append(OutputFile(path, seed))
         return outputs
 

@@ -96,6 +96,9 @@ class JobRecord:
     strength: float | None = None
     style: str | None = None
     style_weight: float | None = None
+    enhance: bool = False  # the requester asked for the prompt enhancer
+    enhanced_prompt: str | None = None  # the prompt the images were made from, when the enhancer's was used
+    enhancement_note: str | None = None  # why an asked-for enhancement was not used
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,12 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE jobs ADD COLUMN style TEXT",
         "ALTER TABLE jobs ADD COLUMN style_weight REAL",
     ),
+    (
+        # The prompt enhancer: whether a job asked for it, the prompt it wrote, or why it was not used.
+        "ALTER TABLE jobs ADD COLUMN enhance INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN enhanced_prompt TEXT",
+        "ALTER TABLE jobs ADD COLUMN enhancement_note TEXT",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -214,6 +223,7 @@ def _to_column(name: str, value: Any) -> Any:
 def _from_row(row: sqlite3.Row) -> JobRecord:
     values = {name: row[name] for name in _FIELD_NAMES}
     values["state"] = JobState(values["state"])
+    values["enhance"] = bool(values["enhance"])
     for name in _JSON_FIELDS:
         values[name] = json.loads(values[name])
     return JobRecord(**values)

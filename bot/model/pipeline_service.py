@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +35,7 @@ from bot.generation import (
 )
 from bot.image_input import load_source
 from bot.image_size import ImageSize
+from bot.model.enhancer import EnhancedPrompt, PromptEnhancer
 from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
 from bot.model.img2img import image_to_image_pipeline, vae_tiling_for
 from bot.model.offload import apply_offload
@@ -80,6 +81,11 @@ COMPILE_WARMUP_STEPS = 1
 COMPILE_OPTIONS: dict = {"fullgraph": True}
 
 
+# Checks a prompt the enhancer wrote against what the requester's guild allows (blocked words, the
+# minors rule): returns why it may not be used, or None. Called on the GPU thread.
+PromptCheck = Callable[[str], "str | None"]
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to change."""
 
@@ -106,12 +112,14 @@ class LoadReport:
     from_cache: bool
     load_seconds: float
     warmup_seconds: float
+    enhancer: str = "off"  # "on", "off", or why it was turned off at start-up
 
 
 class PipelineService:
     """Loads the pipeline once and runs every generation on its own single worker thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, enhancer_options: Mapping | None = None) -> None:
+        """`enhancer_options`: keyword arguments for the PromptEnhancer (limits, extra stop tokens)."""
         self.settings = settings
         self.device = _pick_device(settings.device)
         self.dtype = _pick_dtype(settings.dtype, self.device)
@@ -123,6 +131,9 @@ class PipelineService:
         self.safety_checker: SafetyChecker | None = None
         self._img2img: Any = None  # a ZImageImg2ImgPipeline over the same modules
         self.styles = StyleBank(settings.loras)
+        self.enhancer: PromptEnhancer | None = None  # None with ENHANCER=off, or when the self-test failed
+        self.enhancer_problem: str | None = None  # why the self-test turned it off
+        self._enhancer_options = dict(enhancer_options or {})
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
         # Measured seconds per image by (size, steps); feeds the queue's wait estimates.
@@ -163,8 +174,12 @@ class PipelineService:
         *,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        prompt_check: PromptCheck | None = None,
     ) -> Future[GenerationResult]:
-        """Queue a validated request on the worker thread. Bad input raises InvalidRequest here."""
+        """Queue a validated request on the worker thread. Bad input raises InvalidRequest here.
+
+        A request with `enhance` has its prompt rewritten first, on the same thread; `prompt_check`
+        vets the rewrite (the original is used, with a note, when it returns a reason)."""
         request = validate_request(request, max_steps=MAX_STEPS)
         if request.style is not None:
             if request.style not in self.styles.names:
@@ -175,11 +190,24 @@ class PipelineService:
                 request = replace(request, style_weight=self.styles.default_weight(request.style))
         if not self.ready:
             raise GenerationError(f"the model is not ready (state: {self.state.value})")
-        return self._worker.submit(self._generate, request, progress, cancel or CancelToken())
+        return self._worker.submit(self._generate, request, progress, cancel or CancelToken(), prompt_check)
 
     def generate(self, request: GenerationRequest, **kwargs) -> GenerationResult:
         """Blocking convenience for the command line: submit and wait."""
         return self.submit(request, **kwargs).result()
+
+    def enhance(self, prompt: str, seed: int) -> EnhancedPrompt:
+        """Rewrite a prompt on the worker thread (blocking); the original, with a note, when it cannot."""
+        if not self.ready:
+            raise GenerationError(f"the model is not ready (state: {self.state.value})")
+        return self._worker.submit(self._enhance, prompt, seed).result()
+
+    @property
+    def enhancer_status(self) -> str:
+        """`on`, `off` (ENHANCER=off) or why the start-up self-test turned it off."""
+        if self.enhancer is not None:
+            return "on"
+        return f"off: {self.enhancer_problem}" if self.enhancer_problem else "off"
 
     def estimate_seconds(self, request: GenerationRequest) -> float | None:
         """Expected run time of `request` from what was measured so far; None before any measurement.
@@ -265,9 +293,12 @@ class PipelineService:
                 except SafetyModelError as error:
                     raise ModelLoadError(str(error)) from error
             self._warm_up()
+        if settings.enhancer:
+            self._build_enhancer(self_test=warm_up)
+        if warm_up:
             warmup_seconds = time.perf_counter() - started
             log.info("warm-up took %.1f s", warmup_seconds)
-        return LoadReport(from_cache, load_seconds, warmup_seconds)
+        return LoadReport(from_cache, load_seconds, warmup_seconds, self.enhancer_status)
 
     def _load_pipeline(self) -> ZImagePipeline:
         try:
@@ -313,6 +344,35 @@ class PipelineService:
             self.settings.safety_threshold,
         )
         return seconds
+
+    def _build_enhancer(self, *, self_test: bool) -> None:
+        """The enhancer on the resident text encoder; with `self_test`, one fixed rewrite (which also
+        compiles its decoding on CUDA) decides whether it may be used."""
+        pipe: Any = self._pipe
+        assert pipe is not None
+        # Offloaded weights live on the CPU between uses; compiled decoding cannot follow them.
+        compile_decoding = self.compile and self.settings.offload == "none"
+        try:
+            enhancer = PromptEnhancer(
+                pipe.text_encoder, pipe.tokenizer, compile=compile_decoding, **self._enhancer_options
+            )
+        except (ValueError, AttributeError, TypeError) as error:
+            self.enhancer_problem = f"it cannot be built on this text encoder ({error})"
+            log.warning("prompt enhancer turned off: %s", self.enhancer_problem)
+            return
+        if self_test:
+            started = time.perf_counter()
+            problem = enhancer.self_test()
+            if problem is not None:
+                self.enhancer_problem = problem
+                log.warning("prompt enhancer turned off: %s (ENHANCER=off silences this)", problem)
+                return
+            log.info(
+                "prompt enhancer ready (self-test %.1f s, %s decoding)",
+                time.perf_counter() - started,
+                "compiled" if enhancer.fast else "plain",
+            )
+        self.enhancer = enhancer
 
     def _from_pretrained(self) -> ZImagePipeline:
         settings = self.settings
@@ -451,8 +511,31 @@ class PipelineService:
             # First calls are no speed figure for the queue's estimates.
             self._seconds_per_image.pop((job.size, job.steps_to_run), None)
 
+    def _enhance(self, prompt: str, seed: int, prompt_check: PromptCheck | None = None) -> EnhancedPrompt:
+        if self.enhancer is None:
+            note = "the prompt enhancer is turned off on this bot"
+            if self.enhancer_problem:
+                note = f"the prompt enhancer was turned off at start-up ({self.enhancer_problem})"
+            return EnhancedPrompt(prompt, prompt, note)
+        try:
+            result = self.enhancer.enhance(prompt, seed)
+        except torch.OutOfMemoryError:
+            # The picture may still fit once the rewrite's cache is freed: draw the original prompt.
+            log.warning("the prompt enhancer ran out of GPU memory; drawing the original prompt")
+            self._free_memory()
+            return EnhancedPrompt(prompt, prompt, "the enhancer ran out of GPU memory")
+        if result.enhanced and prompt_check is not None:
+            reason = prompt_check(result.text)
+            if reason:
+                return EnhancedPrompt(prompt, prompt, reason, result.seconds, result.raw, result.token_ids)
+        return result
+
     def _generate(
-        self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None,
+        cancel: CancelToken,
+        prompt_check: PromptCheck | None = None,
     ) -> GenerationResult:
         if cancel.cancelled:
             raise GenerationCancelled("cancelled before it started")
@@ -462,7 +545,7 @@ class PipelineService:
                 "the picture this job starts from was removed (old pictures are deleted after a while)"
             )
         try:
-            return self._run(request, progress, cancel)
+            return self._run(request, progress, cancel, prompt_check)
         except GenerationCancelled:
             raise
         except torch.OutOfMemoryError as error:
@@ -477,14 +560,25 @@ class PipelineService:
             raise GenerationError(f"the model failed on this request ({type(error).__name__})") from error
 
     def _run(
-        self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None,
+        cancel: CancelToken,
+        prompt_check: PromptCheck | None = None,
     ) -> GenerationResult:
         pipe = self._pipe
         assert pipe is not None, "generation before load"
         started = time.perf_counter()
+        enhanced: EnhancedPrompt | None = None
+        drawn = request
+        if request.enhance:
+            # The job's seed seeds the rewrite too: the same job gives the same prompt and pixels.
+            enhanced = self._enhance(request.prompt, request.seed, prompt_check)
+            drawn = replace(request, prompt=enhanced.text)
+            if cancel.cancelled:
+                raise GenerationCancelled("cancelled while running")
         images = [
-            self._generate_one(pipe, request, seed, index, progress, cancel)
-            for index, seed in enumerate(request.seeds())
+            self._generate_one(pipe, drawn, seed, index, progress, cancel) for index, seed in enumerate(request.seeds())
         ]
         nsfw_scores: list[float | None] = [None] * len(images)
         threshold = None
@@ -495,7 +589,8 @@ class PipelineService:
             threshold = self.settings.safety_threshold
         safety_seconds = time.perf_counter() - safety_started
         seconds = time.perf_counter() - started
-        self._record_speed(request, seconds)
+        # The rewrite's time is not drawing time: it would skew the queue's estimates by size and steps.
+        self._record_speed(request, seconds - (enhanced.seconds if enhanced else 0.0))
         return GenerationResult(
             request,
             images,
@@ -504,6 +599,8 @@ class PipelineService:
             nsfw_scores=nsfw_scores,
             safety_threshold=threshold,
             safety_seconds=safety_seconds,
+            prompt_used=drawn.prompt,
+            enhancement_note=enhanced.note if enhanced else None,
         )
 
     def _generate_one(
