@@ -111,9 +111,14 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     except GenerationError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    service = _load_service(settings, warm_up=False)
-    if service is None:
+    try:
+        services = _load_services(settings, warm_up=False, first_only=True)
+    except ConfigError as error:
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not services:
         return EXIT_FAILURE
+    service = services[0]
     try:
         result = service.generate(request)
     except GenerationError as error:
@@ -147,58 +152,74 @@ def run(settings: Settings) -> int:
     except StoreError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    service = _load_service(settings, warm_up=True)
-    if service is None:
+    try:
+        services = _load_services(settings, warm_up=True)
+    except ConfigError as error:
+        store.close()
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not services:
         store.close()
         return EXIT_FAILURE
     from bot.discord_bot.client import LoginRejected, run_bot
 
     try:
-        run_bot(settings, service, store, token)
+        run_bot(settings, services, store, token)
     except LoginRejected as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
-        service.close()
+        for service in services:
+            service.close()
         store.close()
     return EXIT_OK
 
 
-def _load_service(settings: Settings, *, warm_up: bool):
-    """Print the banner, load the model, log `model ready`; None (after saying why) on failure."""
+def _load_services(settings: Settings, *, warm_up: bool, first_only: bool = False) -> list:
+    """Print the banner, load the model on every device (in parallel), log `model ready`.
+
+    Raises ConfigError for a DEVICE naming a GPU that is not there; returns [] (after saying why) when
+    the model cannot be loaded."""
     from bot.model.cache_report import hub_cache_root
     from bot.model.download import DownloadError
 
     print(f"zimage-bot: model {settings.model_id} (revision {settings.model_revision})", file=sys.stderr)
     print(f"zimage-bot: Hugging Face cache {hub_cache_root()}", file=sys.stderr)
     print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
-    from bot.model.pipeline_service import ModelLoadError, PipelineService
+    from bot.model.devices import combined_report, create_services, load_all, resolve_devices
+    from bot.model.pipeline_service import ModelLoadError
 
+    devices = resolve_devices(settings)
     try:
-        service = PipelineService(settings)
+        services = create_services(settings, devices[:1] if first_only else devices)
     except ModelLoadError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
-        return None
+        return []
+    first = services[0]
+    shown = ", ".join(str(service.device) for service in services)
     print(
-        f"zimage-bot: device {service.device}, dtype {str(service.dtype).removeprefix('torch.')}, "
-        f"offload {settings.offload}, compile {'on' if service.compile else 'off'}",
+        f"zimage-bot: device {shown}, dtype {str(first.dtype).removeprefix('torch.')}, "
+        f"offload {settings.offload}, compile {'on' if first.compile else 'off'}",
         file=sys.stderr,
     )
     try:
-        report = service.load(warm_up=warm_up)
+        services = load_all(services, warm_up=warm_up, allow_degraded=settings.allow_degraded)
     except (ModelLoadError, DownloadError) as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
-        service.close()
-        return None
+        for service in services:
+            service.close()
+        return []
+    report = combined_report(services)
     source = "local cache" if report.from_cache else "downloaded"
     log.info(
-        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s)",
+        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s)%s",
         report.load_seconds + report.warmup_seconds,
         source,
         report.load_seconds,
         report.warmup_seconds,
+        f" on {len(services)} devices, loaded in parallel" if len(services) > 1 else "",
     )
-    return service
+    return services
 
 
 if __name__ == "__main__":  # pragma: no cover

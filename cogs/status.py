@@ -33,6 +33,9 @@ class Status(commands.Cog):
             colour=discord.Colour.green() if ready else discord.Colour.orange(),
         )
         state = "ready" if ready else ("shutting down" if runner.queue.closed else service.state.value)
+        workers = runner.workers
+        if ready and not workers.in_rotation():
+            state = "no worker available: jobs wait until one is back"
         if runner.queue.paused:
             state += " (queue paused)"
         embed.add_field(name="State", value=state)
@@ -50,14 +53,32 @@ class Status(commands.Cog):
             embed.add_field(name="Load", value=f"{format_seconds(report.load_seconds)} ({source})")
             embed.add_field(name="Warm-up", value=format_seconds(report.warmup_seconds))
         embed.add_field(name="Cache folder", value=f"`{hub_cache_root()}`", inline=False)
-        running = runner.queue.running
-        queue_text = f"{len(runner.queue)} waiting" + (", 1 running" if running else "")
+        if len(workers.workers) > 1 or not all(worker.in_rotation for worker in workers.workers):
+            embed.add_field(name="Workers", value=_workers_text(workers), inline=False)
+            embed.add_field(name="Throughput", value=f"{workers.images_per_second():.2f} images/s (last 5 min)")
+        running = len(runner.queue.running_jobs)
+        queue_text = f"{len(runner.queue)} waiting" + (f", {running} running" if running else "")
         embed.add_field(name="Queue", value=queue_text)
         embed.add_field(name="Jobs done", value=f"{stats.jobs_done} ({stats.images_done} images)")
         mean = stats.mean_seconds_per_image
         embed.add_field(name="Mean time per image", value=format_seconds(mean) if mean is not None else "no data yet")
         embed.add_field(name="Uptime", value=format_seconds(time.time() - runner.started_at))
         return embed
+
+
+def _workers_text(workers) -> str:
+    """One line a worker: device, state, jobs done, memory."""
+    lines = []
+    for worker in workers.workers:
+        state = worker.state.value + (f" (job {worker.job_id})" if worker.job_id is not None else "")
+        if worker.why_out:
+            state += f": {worker.why_out}"
+        line = f"`{worker.name}` {state} · {worker.jobs_done} jobs"
+        memory = worker.gpu_memory() if worker.in_rotation else None
+        if memory is not None:
+            line += f" · {format_bytes(memory.allocated_bytes)} of {format_bytes(memory.total_bytes)}"
+        lines.append(line)
+    return "\n".join(lines)[:1024]  # an embed field holds at most 1024 characters
 
 
 async def setup(bot) -> None:

@@ -21,6 +21,7 @@ from bot.discord_bot.delivery import DiscordJobPresenter
 from bot.discord_bot.error_tree import ZImageCommandTree
 from bot.jobs.runner import JobRunner
 from bot.jobs.store import JobStore
+from bot.jobs.workers import WorkerPool
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ class LoginRejected(RuntimeError):
 
 
 class ZImageBot(commands.Bot):
-    def __init__(self, settings: Settings, service, store: JobStore, **options) -> None:
+    def __init__(
+        self, settings: Settings, service, store: JobStore, *, workers: WorkerPool | None = None, **options
+    ) -> None:
+        """`service` is the (first) model service; `workers`, with several devices, all of them."""
         # Slash commands and buttons need no privileged intents; `guilds` keeps channel and
         # permission data for the guilds the bot is in.
         intents = discord.Intents.none()
@@ -52,7 +56,7 @@ class ZImageBot(commands.Bot):
         self.settings = settings
         self.service = service
         self.store = store
-        self.runner = JobRunner(settings, service, store)
+        self.runner = JobRunner(settings, service, store, workers=workers)
         self._shutdown_task: asyncio.Task | None = None
 
     async def setup_hook(self) -> None:
@@ -140,9 +144,11 @@ async def serve(bot: ZImageBot, token: str) -> None:
         await bot._shutdown_task
 
 
-def run_bot(settings: Settings, service, store: JobStore, token: str) -> None:
+def run_bot(settings: Settings, services: list, store: JobStore, token: str) -> None:
+    """Run the bot on already-loaded model services: one per device, usually one."""
     point_at_discord(settings)
-    bot = ZImageBot(settings, service, store)
+    workers = WorkerPool.of(services) if len(services) > 1 else None
+    bot = ZImageBot(settings, services[0], store, workers=workers)
     asyncio.run(serve(bot, token))
 
 

@@ -22,12 +22,14 @@ from bot.generation import (
     GenerationError,
     GenerationRequest,
     GenerationResult,
+    InvalidRequest,
     StepProgress,
 )
 from bot.image_files import save_png
 from bot.image_size import ImageSize
 from bot.jobs.queue import GenerationQueue, QueueEntry
 from bot.jobs.store import JobRecord, JobState, JobStore
+from bot.jobs.workers import Worker, WorkerPool
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class ActiveJob(QueueEntry):
     eta_seconds: float | None = None
     progress: StepProgress | None = None
     cancelled_by: int | None = None
+    retried: bool = False  # ran once on a worker that failed; a second failure goes to the user
 
     @property
     def token_age(self) -> float:
@@ -116,10 +119,13 @@ def new_record(request: GenerationRequest, *, user_id: int, user_name: str, chan
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, service, store: JobStore) -> None:
+    def __init__(self, settings: Settings, service, store: JobStore, *, workers: WorkerPool | None = None) -> None:
+        """`service` is the model service of the one-device shape; `workers`, when given, are all the
+        workers (one per device) the jobs go to."""
         self.settings = settings
         self.service = service
         self.store = store
+        self.workers = workers if workers is not None else WorkerPool.of([service])
         self.queue: GenerationQueue[ActiveJob] = GenerationQueue(
             max_queue=settings.max_queue, max_jobs_per_user=settings.max_jobs_per_user
         )
@@ -129,6 +135,7 @@ class JobRunner:
         self.delivery_retry_delays = DELIVERY_RETRY_DELAYS
         self._delivery_failures: dict[int, int] = {}  # job id -> failed attempts in this process
         self._retries: set[asyncio.Task] = set()
+        self._handovers: set[asyncio.Task] = set()  # results waiting for the same user's earlier job
         self._stopping = False
         self.started_at = time.time()
 
@@ -138,10 +145,15 @@ class JobRunner:
         self.presenter = presenter
         await self._resume_unfinished()
         self._tasks = [
-            asyncio.create_task(self._work(), name="gpu-worker"),
             asyncio.create_task(self._deliver_results(), name="delivery"),
             asyncio.create_task(self._apply_retention(), name="retention"),
         ]
+        for worker in self.workers.workers:
+            self._start_worker(worker)
+        self.workers.on_join(self._start_worker)
+
+    def _start_worker(self, worker: Worker) -> None:
+        self._tasks.append(asyncio.create_task(self._work(worker), name=f"worker-{worker.name}"))
 
     async def stop(self, grace: float = 25.0) -> None:
         """Stop taking jobs, tell waiting users, let the running job finish (or cancel it after
@@ -152,11 +164,14 @@ class JobRunner:
         waiting = self.queue.close()
         for job in waiting:
             await self._conclude(job, "⏸️ The bot is restarting. Your job is saved and will run when it is back.")
-        running = self.queue.running
-        if running is not None and not await self.queue.wait_for(lambda: self.queue.running is not running, grace):
-            log.info("cancelling job %d for shutdown; it will run again after restart", running.job_id)
-            running.cancel.cancel()  # the GPU thread stops at the end of the current step
-            await self.queue.wait_for(lambda: self.queue.running is not running, 5.0)
+        running = self.queue.running_jobs
+        if running and not await self.queue.wait_for(lambda: not self.queue.running_jobs, grace):
+            for job in self.queue.running_jobs:
+                log.info("cancelling job %d for shutdown; it will run again after restart", job.job_id)
+                job.cancel.cancel()  # the GPU thread stops at the end of the current step
+            await self.queue.wait_for(lambda: not self.queue.running_jobs, 5.0)
+        if self._handovers:
+            await asyncio.wait(self._handovers, timeout=5.0)
         # Results already made are delivered before the process exits.
         try:
             await asyncio.wait_for(self._finished.join(), timeout=10.0)
@@ -216,8 +231,8 @@ class JobRunner:
             await self._conclude(job, "🚫 Cancelled before it started.")
             self._refresh_positions()
             return "cancelled before it started"
-        running = self.queue.running
-        if running is not None and running.job_id == job_id:
+        running = next((job for job in self.queue.running_jobs if job.job_id == job_id), None)
+        if running is not None:
             running.cancelled_by = by_user
             running.cancel.cancel()  # the GPU thread stops at the end of the current step
             return "stopping after the current step"
@@ -229,20 +244,28 @@ class JobRunner:
 
     # ----- the GPU worker ----------------------------------------------------------------------
 
-    async def _work(self) -> None:
-        while True:
+    async def _work(self, worker: Worker) -> None:
+        """One worker's loop: the next job in fair order whenever this worker is free."""
+        while worker.in_rotation:
             job = await self.queue.get()
+            if not worker.in_rotation:  # taken out while it waited (a remote worker that left)
+                await self.queue.put(job, bypass_limits=True)
+                await self.queue.finished(job)
+                break
+            self.workers.started(worker, job.job_id)
             self._refresh_positions()
             try:
-                await self._run(job)
+                await self._run(job, worker)
             except Exception:
                 # One bad job must never stop the worker.
                 log.exception("job %d failed unexpectedly", job.job_id)
                 await self._fail(job, "Something went wrong making this image; the error was logged.")
             finally:
+                self.workers.stopped(worker)
                 await self.queue.finished(job)
+                self._refresh_positions()
 
-    async def _run(self, job: ActiveJob) -> None:
+    async def _run(self, job: ActiveJob, worker: Worker) -> None:
         if job.cancel.cancelled:
             return
         loop = asyncio.get_running_loop()
@@ -255,8 +278,7 @@ class JobRunner:
                 loop.call_soon_threadsafe(self._on_progress, job, step)
 
         try:
-            future = self.service.submit(job.request, progress=on_step, cancel=job.cancel)
-            result = await asyncio.wrap_future(future)
+            result = await worker.generate(job.request, progress=on_step, cancel=job.cancel)
         except GenerationCancelled:
             if self._stopping and job.cancelled_by is None:
                 await self._mark(job, JobState.QUEUED)  # not the user's doing: run it after restart
@@ -264,10 +286,41 @@ class JobRunner:
                 await self._mark(job, JobState.CANCELLED, finished_at=time.time())
                 await self._conclude(job, "🚫 Cancelled.")
             return
-        except GenerationError as error:
+        except InvalidRequest as error:
             await self._fail(job, f"⚠️ This job failed: {error}.")
             return
-        await self._finished.put((job, result))
+        except GenerationError as error:
+            self.workers.failed(worker, error)
+            if not job.retried and self.workers.others_in_rotation(worker):
+                # Perhaps the worker's fault rather than the job's: one more try, on another worker.
+                log.warning("job %d failed on %s (%s); running it again elsewhere", job.job_id, worker.name, error)
+                job.retried, job.progress = True, None
+                await self._mark(job, JobState.QUEUED)
+                await self.queue.put(job, bypass_limits=True)
+                return
+            await self._fail(job, f"⚠️ This job failed: {error}.")
+            return
+        self.workers.succeeded(worker, result)
+        self._hand_over(job, result)
+
+    def _hand_over(self, job: ActiveJob, result: GenerationResult) -> None:
+        """Queue the result for delivery after the same user's earlier jobs that other workers still
+        make: a requester's pictures arrive in the order they were asked for."""
+
+        def earlier_running() -> bool:
+            return any(other.user_id == job.user_id and other.job_id < job.job_id for other in self.queue.running_jobs)
+
+        if not earlier_running():
+            self._finished.put_nowait((job, result))
+            return
+
+        async def wait_then_hand_over() -> None:
+            await self.queue.wait_for(lambda: not earlier_running(), None)
+            await self._finished.put((job, result))
+
+        task = asyncio.create_task(wait_then_hand_over(), name=f"handover-{job.job_id}")
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
 
     def _on_progress(self, job: ActiveJob, step: StepProgress) -> None:
         job.progress = step
@@ -387,16 +440,17 @@ class JobRunner:
 
     def _refresh_positions(self, force: bool = False) -> None:
         """Recompute every waiting job's position and wait, and re-show those that changed."""
-        estimate = self.service.estimate_seconds
-        running = self.queue.running
+        estimate = self.workers.estimate_seconds
+        # Work ahead is shared by the workers in rotation: with N of them a place in line waits about 1/N.
+        sharing = max(len(self.workers.in_rotation()), 1)
         ahead = 0.0
-        if running is not None:
+        for running in self.queue.running_jobs:
             total = estimate(running.request) or 0.0
             done = running.progress.step / running.progress.total if running.progress else 0.0
-            ahead = total * (1 - done)
+            ahead += total * (1 - done)
         for position, job in enumerate(self.queue.waiting(), start=1):
             own = estimate(job.request)
-            eta = ahead if own is not None else None
+            eta = ahead / sharing if own is not None else None
             if force or position != job.position:
                 job.position, job.eta_seconds = position, eta
                 self._show(job)

@@ -1,0 +1,158 @@
+"""The workers that make images: one per device, each driving one model service, one job at a time.
+
+The one-GPU shape is a pool of one. With several, the runner runs one loop per worker over the same fair
+queue, so the next job goes to the next worker that is free. A worker that keeps failing is taken out of
+rotation (and shown so in /status); the jobs go on with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bot.generation import CancelToken, GenerationRequest, GenerationResult, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+# Failures in a row (jobs that raised, not cancels or bad input) after which a worker leaves rotation.
+MAX_FAILURES_IN_A_ROW = 3
+THROUGHPUT_WINDOW = 300.0  # seconds of finished jobs that /status's images per second looks at
+
+
+class GenerationBackend(Protocol):
+    """What a worker drives: the model side's PipelineService (or a remote stand-in for one)."""
+
+    device: Any
+    ready: bool
+
+    def submit(
+        self, request: GenerationRequest, *, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
+    ) -> Future[GenerationResult]: ...
+
+    def estimate_seconds(self, request: GenerationRequest) -> float | None: ...
+
+    def gpu_memory(self) -> Any: ...
+
+
+class WorkerState(str, enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    OUT = "out of rotation"
+
+
+@dataclass(eq=False)
+class Worker:
+    backend: GenerationBackend
+    name: str
+    state: WorkerState = WorkerState.IDLE
+    jobs_done: int = 0
+    images_done: int = 0
+    failures_in_a_row: int = 0
+    job_id: int | None = None  # the job it is making
+    why_out: str | None = None
+
+    @property
+    def in_rotation(self) -> bool:
+        return self.state is not WorkerState.OUT
+
+    async def generate(
+        self, request: GenerationRequest, *, progress: ProgressCallback, cancel: CancelToken
+    ) -> GenerationResult:
+        """Run one request on this worker's device; raises the backend's GenerationError subclasses."""
+        return await asyncio.wrap_future(self.backend.submit(request, progress=progress, cancel=cancel))
+
+    def gpu_memory(self) -> Any:
+        return self.backend.gpu_memory()
+
+
+@dataclass
+class WorkerPool:
+    """Every worker the runner dispatches to, and what /status and the metrics say about them."""
+
+    workers: list[Worker] = field(default_factory=list)
+    _finished: deque[tuple[float, int]] = field(default_factory=deque)  # (time, images) of recent jobs
+    _listeners: list[Callable[[Worker], None]] = field(default_factory=list)
+    _started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def of(cls, backends: list[GenerationBackend]) -> WorkerPool:
+        pool = cls()
+        for backend in backends:
+            pool.add(backend)
+        return pool
+
+    def add(self, backend: GenerationBackend, name: str | None = None) -> Worker:
+        """A worker joins (at start, or later: a new GPU of a cluster); the runner starts its loop."""
+        worker = Worker(backend, name or str(backend.device))
+        self.workers.append(worker)
+        for listener in self._listeners:
+            listener(worker)
+        return worker
+
+    def on_join(self, listener: Callable[[Worker], None]) -> None:
+        self._listeners.append(listener)
+
+    def in_rotation(self) -> list[Worker]:
+        return [worker for worker in self.workers if worker.in_rotation]
+
+    def others_in_rotation(self, worker: Worker) -> bool:
+        return any(other is not worker and other.in_rotation for other in self.workers)
+
+    # ----- what happened ---------------------------------------------------------------------
+
+    def started(self, worker: Worker, job_id: int) -> None:
+        worker.state, worker.job_id = WorkerState.BUSY, job_id
+
+    def succeeded(self, worker: Worker, result: GenerationResult) -> None:
+        worker.jobs_done += 1
+        worker.images_done += len(result.images)
+        worker.failures_in_a_row = 0
+        self._finished.append((time.monotonic(), len(result.images)))
+        self._forget_old()
+
+    def failed(self, worker: Worker, error: BaseException) -> bool:
+        """Count a failure of `worker`; True when that took it out of rotation."""
+        worker.failures_in_a_row += 1
+        if not worker.backend.ready:
+            self.take_out(worker, f"its model is no longer loaded ({error})")
+        elif worker.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self.take_out(worker, f"{worker.failures_in_a_row} failures in a row, the last: {error}")
+        return not worker.in_rotation
+
+    def take_out(self, worker: Worker, why: str) -> None:
+        if worker.in_rotation:
+            log.error("worker %s taken out of rotation: %s", worker.name, why)
+        worker.state, worker.why_out = WorkerState.OUT, why
+
+    def stopped(self, worker: Worker) -> None:
+        worker.job_id = None
+        if worker.in_rotation:
+            worker.state = WorkerState.IDLE
+
+    # ----- views -----------------------------------------------------------------------------
+
+    def estimate_seconds(self, request: GenerationRequest) -> float | None:
+        """A job's expected run time on one worker, from any worker that has measured something."""
+        for worker in self.in_rotation():
+            estimate = worker.backend.estimate_seconds(request)
+            if estimate is not None:
+                return estimate
+        return None
+
+    def images_per_second(self) -> float:
+        """Images finished per second over the last few minutes, all workers together."""
+        self._forget_old()
+        span = min(max(time.monotonic() - self._started, 1.0), THROUGHPUT_WINDOW)
+        return sum(images for _, images in self._finished) / span
+
+    def _forget_old(self) -> None:
+        horizon = time.monotonic() - THROUGHPUT_WINDOW
+        while self._finished and self._finished[0][0] < horizon:
+            self._finished.popleft()
