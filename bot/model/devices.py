@@ -40,8 +40,9 @@ def create_services(settings: Settings, devices: list[str]) -> list[PipelineServ
 
 
 def load_all(services: list[PipelineService], *, warm_up: bool, allow_degraded: bool) -> list[PipelineService]:
-    """Load and warm up every service at once (one thread each: the GPUs work in parallel, and most of
-    loading is reading shards that the page cache then shares). Returns the services that loaded.
+    """Load and warm up every service at once, one thread each: the warm-ups (compiling, first calls)
+    run in parallel; reading the weights goes one device at a time (see the lock in pipeline_service).
+    Returns the services that loaded.
 
     A device that fails stops start-up with its name, unless `allow_degraded` and another one loaded;
     the failed ones are closed either way."""
