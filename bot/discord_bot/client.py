@@ -58,6 +58,7 @@ class ZImageBot(commands.Bot):
         self.store = store
         self.runner = JobRunner(settings, service, store, workers=workers)
         self._shutdown_task: asyncio.Task | None = None
+        self.metrics = None  # bot.metrics.BotMetrics when METRICS_PORT is set
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -67,7 +68,21 @@ class ZImageBot(commands.Bot):
                 log.exception("could not load %s; the other features still work", extension)
         presenter = DiscordJobPresenter(self, model_id=self.settings.model_id, paused=lambda: self.runner.queue.paused)
         await self.runner.start(presenter)
+        if self.settings.metrics_port is not None:
+            self.start_metrics(self.settings.metrics_port)
         await self.sync_commands_if_changed()
+
+    def start_metrics(self, port: int) -> None:
+        from bot.metrics import BotMetrics  # prometheus-client: only needed with METRICS_PORT
+
+        metrics = BotMetrics(self.runner)
+        try:
+            metrics.serve(port)
+        except OSError as error:
+            # The bot is worth more than its metrics: it serves Discord without them.
+            log.error("METRICS_PORT=%d cannot be served (%s); running without metrics", port, error)
+            return
+        self.metrics = metrics
 
     async def sync_commands_if_changed(self) -> bool:
         """Sync only when the command set differs from the last sync: global syncs are slow and
@@ -110,6 +125,8 @@ class ZImageBot(commands.Bot):
         try:
             await self.runner.stop(grace=SHUTDOWN_GRACE)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             await self.close()
 
     def is_admin(self, interaction: discord.Interaction) -> bool:

@@ -252,7 +252,7 @@ class JobRunner:
                 await self.queue.put(job, bypass_limits=True)
                 await self.queue.finished(job)
                 break
-            self.workers.started(worker, job.job_id)
+            self.workers.started(worker, job.job_id, waited_seconds=time.time() - job.record.created_at)
             self._refresh_positions()
             try:
                 await self._run(job, worker)
@@ -263,7 +263,6 @@ class JobRunner:
             finally:
                 self.workers.stopped(worker)
                 await self.queue.finished(job)
-                self._refresh_positions()
 
     async def _run(self, job: ActiveJob, worker: Worker) -> None:
         if job.cancel.cancelled:
@@ -343,6 +342,7 @@ class JobRunner:
                 self._finished.task_done()
 
     def _retry_later(self, job: ActiveJob, result: GenerationResult | None) -> None:
+        self.workers.delivery_failed()
         failures = self._delivery_failures.get(job.job_id, 0)
         if self._stopping or failures >= len(self.delivery_retry_delays):
             self._delivery_failures.pop(job.job_id, None)
@@ -395,7 +395,8 @@ class JobRunner:
         await self._update(job, delivery_attempts=attempts)
         await self.presenter.deliver(job, files)
         # Compare-and-set: a job is marked delivered once, whoever gets here first.
-        await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED)
+        if await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED):
+            self.workers.job_state(JobState.DELIVERED.value)
 
     # ----- retention ---------------------------------------------------------------------------
 
@@ -474,6 +475,7 @@ class JobRunner:
 
     async def _mark(self, job: ActiveJob, state: JobState, **fields) -> None:
         await self._update(job, state=state, **fields)
+        self.workers.job_state(state.value)
 
     async def _update(self, job: ActiveJob, **fields) -> None:
         job.record = await asyncio.to_thread(self.store.update, job.job_id, **fields)

@@ -41,6 +41,18 @@ class GenerationBackend(Protocol):
     def gpu_memory(self) -> Any: ...
 
 
+class PoolObserver(Protocol):
+    """Told what the workers and jobs do (the metrics, when METRICS_PORT is set)."""
+
+    def job_started(self, worker: Worker, waited_seconds: float) -> None: ...
+
+    def job_made(self, worker: Worker, result: GenerationResult) -> None: ...
+
+    def job_state(self, state: str) -> None: ...
+
+    def delivery_failed(self) -> None: ...
+
+
 class WorkerState(str, enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
@@ -80,6 +92,7 @@ class WorkerPool:
     _finished: deque[tuple[float, int]] = field(default_factory=deque)  # (time, images) of recent jobs
     _listeners: list[Callable[[Worker], None]] = field(default_factory=list)
     _started: float = field(default_factory=time.monotonic)
+    observers: list[PoolObserver] = field(default_factory=list)
 
     @classmethod
     def of(cls, backends: list[GenerationBackend]) -> WorkerPool:
@@ -107,8 +120,10 @@ class WorkerPool:
 
     # ----- what happened ---------------------------------------------------------------------
 
-    def started(self, worker: Worker, job_id: int) -> None:
+    def started(self, worker: Worker, job_id: int, waited_seconds: float = 0.0) -> None:
         worker.state, worker.job_id = WorkerState.BUSY, job_id
+        for observer in self.observers:
+            observer.job_started(worker, waited_seconds)
 
     def succeeded(self, worker: Worker, result: GenerationResult) -> None:
         worker.jobs_done += 1
@@ -116,6 +131,17 @@ class WorkerPool:
         worker.failures_in_a_row = 0
         self._finished.append((time.monotonic(), len(result.images)))
         self._forget_old()
+        for observer in self.observers:
+            observer.job_made(worker, result)
+
+    def job_state(self, state: str) -> None:
+        """A job moved to `state` (queued, running, done, delivered, failed, cancelled)."""
+        for observer in self.observers:
+            observer.job_state(state)
+
+    def delivery_failed(self) -> None:
+        for observer in self.observers:
+            observer.delivery_failed()
 
     def failed(self, worker: Worker, error: BaseException) -> bool:
         """Count a failure of `worker`; True when that took it out of rotation."""
