@@ -26,22 +26,34 @@ class Status(commands.Cog):
     async def build_embed(self) -> discord.Embed:
         bot, settings, service, runner = self.bot, self.bot.settings, self.bot.service, self.bot.runner
         stats = await asyncio.to_thread(bot.store.stats)  # a quick SQLite read, still off the loop
-        report = service.load_report
-        ready = service.ready and not runner.queue.closed
+        workers = runner.workers
+        # WORKERS=ray: no model in this process; the workers are the state.
+        report = service.load_report if service is not None else None
+        loaded = service.ready if service is not None else bool(workers.workers)
+        ready = loaded and bool(workers.in_rotation()) and not runner.queue.closed
         embed = discord.Embed(
             title="zimage-bot status",
             colour=discord.Colour.green() if ready else discord.Colour.orange(),
         )
-        state = "ready" if ready else ("shutting down" if runner.queue.closed else service.state.value)
-        workers = runner.workers
-        if ready and not workers.in_rotation():
+        if runner.queue.closed:
+            state = "shutting down"
+        elif workers.problem:
+            state = f"{workers.problem}; jobs wait"
+        elif loaded and not workers.in_rotation():
             state = "no worker available: jobs wait until one is back"
+        elif service is not None and not service.ready:
+            state = service.state.value
+        else:
+            state = "ready" if ready else "waiting for workers"
         if runner.queue.paused:
             state += " (queue paused)"
         embed.add_field(name="State", value=state)
         embed.add_field(name="Model", value=f"{settings.model_id}\n@ {settings.model_revision}")
-        embed.add_field(name="Device", value=f"{service.device} · {str(service.dtype).removeprefix('torch.')}")
-        memory = service.gpu_memory()
+        if service is None:
+            embed.add_field(name="Device", value=f"Ray: {len(workers.in_rotation())} worker(s) in rotation")
+        else:
+            embed.add_field(name="Device", value=f"{service.device} · {str(service.dtype).removeprefix('torch.')}")
+        memory = service.gpu_memory() if service is not None else None
         if memory is not None:
             embed.add_field(
                 name="GPU memory",
@@ -53,7 +65,7 @@ class Status(commands.Cog):
             embed.add_field(name="Load", value=f"{format_seconds(report.load_seconds)} ({source})")
             embed.add_field(name="Warm-up", value=format_seconds(report.warmup_seconds))
         embed.add_field(name="Cache folder", value=f"`{hub_cache_root()}`", inline=False)
-        if len(workers.workers) > 1 or not all(worker.in_rotation for worker in workers.workers):
+        if service is None or len(workers.workers) > 1 or not all(worker.in_rotation for worker in workers.workers):
             embed.add_field(name="Workers", value=_workers_text(workers), inline=False)
             embed.add_field(name="Throughput", value=f"{workers.images_per_second():.2f} images/s (last 5 min)")
         running = len(runner.queue.running_jobs)
@@ -70,7 +82,8 @@ def _workers_text(workers) -> str:
     """One line a worker: device, state, jobs done, memory."""
     lines = []
     for worker in workers.workers:
-        state = worker.state.value + (f" (job {worker.job_id})" if worker.job_id is not None else "")
+        state = worker.state.value if worker.in_rotation else "out of rotation"
+        state += f" (job {worker.job_id})" if worker.job_id is not None else ""
         if worker.why_out:
             state += f": {worker.why_out}"
         line = f"`{worker.name}` {state} · {worker.jobs_done} jobs"

@@ -29,7 +29,7 @@ from bot.image_files import save_png
 from bot.image_size import ImageSize
 from bot.jobs.queue import GenerationQueue, QueueEntry
 from bot.jobs.store import JobRecord, JobState, JobStore
-from bot.jobs.workers import Worker, WorkerPool
+from bot.jobs.workers import Worker, WorkerLost, WorkerPool
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class JobRunner:
             asyncio.create_task(self._deliver_results(), name="delivery"),
             asyncio.create_task(self._apply_retention(), name="retention"),
         ]
+        self.workers.bind(asyncio.get_running_loop())
         for worker in self.workers.workers:
             self._start_worker(worker)
         self.workers.on_join(self._start_worker)
@@ -287,6 +288,14 @@ class JobRunner:
             return
         except InvalidRequest as error:
             await self._fail(job, f"⚠️ This job failed: {error}.")
+            return
+        except WorkerLost as error:
+            # Not the job's fault: it runs again on the next worker, now or once one is back.
+            self.workers.take_out(worker, str(error))
+            log.warning("job %d lost its worker %s (%s); it waits for another", job.job_id, worker.name, error)
+            job.progress = None
+            await self._mark(job, JobState.QUEUED)
+            await self.queue.put(job, bypass_limits=True)
             return
         except GenerationError as error:
             self.workers.failed(worker, error)

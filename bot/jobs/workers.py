@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bot.generation import CancelToken, GenerationRequest, GenerationResult, ProgressCallback
+from bot.generation import CancelToken, GenerationError, GenerationRequest, GenerationResult, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ class GenerationBackend(Protocol):
     def estimate_seconds(self, request: GenerationRequest) -> float | None: ...
 
     def gpu_memory(self) -> Any: ...
+
+
+class WorkerLost(GenerationError):
+    """The worker itself is gone (a Ray actor or its node died): the job goes back in line, whole."""
 
 
 class PoolObserver(Protocol):
@@ -72,7 +76,7 @@ class Worker:
 
     @property
     def in_rotation(self) -> bool:
-        return self.state is not WorkerState.OUT
+        return self.state is not WorkerState.OUT and bool(self.backend.ready)
 
     async def generate(
         self, request: GenerationRequest, *, progress: ProgressCallback, cancel: CancelToken
@@ -93,6 +97,8 @@ class WorkerPool:
     _listeners: list[Callable[[Worker], None]] = field(default_factory=list)
     _started: float = field(default_factory=time.monotonic)
     observers: list[PoolObserver] = field(default_factory=list)
+    problem: str | None = None  # what keeps workers from joining (the Ray cluster out of reach)
+    _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def of(cls, backends: list[GenerationBackend]) -> WorkerPool:
@@ -108,6 +114,17 @@ class WorkerPool:
         for listener in self._listeners:
             listener(worker)
         return worker
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the runner works on: workers that join from another thread join there."""
+        self._loop = loop
+
+    def add_threadsafe(self, backend: GenerationBackend, name: str | None = None) -> None:
+        """`add`, from any thread (a watcher of a Ray cluster)."""
+        if self._loop is None:
+            self.add(backend, name)
+        else:
+            self._loop.call_soon_threadsafe(self.add, backend, name)
 
     def on_join(self, listener: Callable[[Worker], None]) -> None:
         self._listeners.append(listener)
