@@ -152,6 +152,8 @@ def run(settings: Settings) -> int:
     except StoreError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    if settings.workers == "ray":
+        return _run_on_ray(settings, store, token)
     try:
         services = _load_services(settings, warm_up=True)
     except ConfigError as error:
@@ -171,6 +173,49 @@ def run(settings: Settings) -> int:
     finally:
         for service in services:
             service.close()
+        store.close()
+    return EXIT_OK
+
+
+def _run_on_ray(settings: Settings, store, token: str) -> int:
+    """WORKERS=ray: the model lives in Ray actors; this process keeps Discord, the store and the queue."""
+    import time
+
+    try:
+        from bot.jobs.ray_workers import RayWorkers
+    except ImportError:
+        store.close()
+        print('zimage-bot: configuration error: WORKERS=ray needs Ray: pip install "zimage-bot[ray]"', file=sys.stderr)
+        return EXIT_CONFIG
+    from bot.discord_bot.client import LoginRejected, run_bot
+    from bot.jobs.workers import WorkerPool
+
+    print(f"zimage-bot: model {settings.model_id} (revision {settings.model_revision}) on Ray workers", file=sys.stderr)
+    print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
+    pool = WorkerPool()
+    cluster = RayWorkers(settings, pool)
+    started = time.perf_counter()
+    try:
+        cluster.connect()
+        cluster.start(wait_for=1)
+    except Exception as error:  # Ray's own errors: no head at RAY_ADDRESS, no worker could load
+        print(f"zimage-bot: Ray workers could not start: {error}", file=sys.stderr)
+        cluster.stop()
+        store.close()
+        return EXIT_FAILURE
+    log.info(
+        "model ready in %.1f s (%d Ray worker(s); more join as they load)",
+        time.perf_counter() - started,
+        len(pool.workers),
+    )
+    cluster.watch_in_background()
+    try:
+        run_bot(settings, [], store, token, workers=pool)
+    except LoginRejected as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        cluster.stop()
         store.close()
     return EXIT_OK
 

@@ -161,11 +161,15 @@ async def serve(bot: ZImageBot, token: str) -> None:
         await bot._shutdown_task
 
 
-def run_bot(settings: Settings, services: list, store: JobStore, token: str) -> None:
-    """Run the bot on already-loaded model services: one per device, usually one."""
+def run_bot(
+    settings: Settings, services: list, store: JobStore, token: str, *, workers: WorkerPool | None = None
+) -> None:
+    """Run the bot on already-loaded model services (one per device, usually one), or on `workers`
+    elsewhere (WORKERS=ray: no service in this process)."""
     point_at_discord(settings)
-    workers = WorkerPool.of(services) if len(services) > 1 else None
-    bot = ZImageBot(settings, services[0], store, workers=workers)
+    if workers is None and len(services) > 1:
+        workers = WorkerPool.of(services)
+    bot = ZImageBot(settings, services[0] if services else None, store, workers=workers)
     asyncio.run(serve(bot, token))
 
 
