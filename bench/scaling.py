@@ -141,10 +141,17 @@ def start_workers(settings):
     from bot.jobs.workers import WorkerPool
 
     if settings.workers == "ray":
-        from bot.jobs.ray_workers import start_ray_workers
+        import ray
 
-        pool, stop = start_ray_workers(settings, wait_for=1)
-        return pool, stop
+        from bot.jobs.ray_workers import RayWorkers
+
+        pool = WorkerPool()
+        cluster = RayWorkers(settings, pool)
+        cluster.connect()
+        cpus = all(device == "cpu" for device in settings.devices)
+        wanted = len(settings.devices) if cpus else int(ray.cluster_resources().get("GPU", 0))
+        cluster.start(wait_for=wanted)  # every worker ready: the same start line as the local runs
+        return pool, cluster.stop
     from bot.model.devices import create_services, load_all, resolve_devices
 
     services = load_all(

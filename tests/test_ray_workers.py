@@ -103,7 +103,8 @@ async def test_ray_workers_dispatch_survive_a_killed_actor_and_take_in_new_ones(
     # A replacement for the dead actor joins while the bot runs; so does an actor someone else started.
     from bot.model.ray_worker import start_actor
 
-    start_actor(settings, "zimage-worker-from-elsewhere", gpu=False)
+    # (Held here: Ray removes an actor nobody holds a handle to; one started on its own is `detached`.)
+    elsewhere = start_actor(settings, "zimage-worker-from-elsewhere", gpu=False)
     await discord_api.wait_for(lambda: len(pool.in_rotation()) == 3, 120)
     status = await reply_text(discord_api, await discord_api.invoke("status", {}, user=bob))
     fields = {field["name"]: field["value"] for field in status.embeds[0]["fields"]}
@@ -113,3 +114,5 @@ async def test_ray_workers_dispatch_survive_a_killed_actor_and_take_in_new_ones(
     for job in jobs:
         await delivered(discord_api, job, 120)
     assert all(worker.state is not WorkerState.BUSY for worker in pool.workers)
+    assert sum(worker.jobs_done for worker in pool.workers) == 5
+    ray.kill(elsewhere)

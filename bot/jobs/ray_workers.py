@@ -19,6 +19,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from PIL import Image
@@ -99,7 +100,7 @@ class RayBackend:
         except (*_ACTOR_GONE, ray.exceptions.GetTimeoutError) as error:
             self.ready = False
             raise WorkerLost(f"the Ray worker {self.actor_name} died ({type(error).__name__})") from None
-        images = []
+        images: list[Image.Image] = []
         for data in pngs:
             image = Image.open(io.BytesIO(data))
             image.load()
@@ -131,8 +132,8 @@ class RayWorkers:
         self.pool = pool
         self.watch_seconds = watch_seconds
         self.gpu = not all(device == "cpu" for device in settings.devices)
-        self._own: dict[str, object] = {}  # actors this bot started, by name
-        self._pending: dict[str, object] = {}  # name -> describe() reference of a loading actor
+        self._own: dict[str, Any] = {}  # actors this bot started, by name
+        self._pending: dict[str, Any] = {}  # name -> describe() reference of a loading actor
         self._adopted: dict[str, RayBackend] = {}
         self._failed: set[str] = set()
         self._stop = threading.Event()

@@ -29,8 +29,11 @@ THROUGHPUT_WINDOW = 300.0  # seconds of finished jobs that /status's images per 
 class GenerationBackend(Protocol):
     """What a worker drives: the model side's PipelineService (or a remote stand-in for one)."""
 
-    device: Any
-    ready: bool
+    @property
+    def device(self) -> Any: ...
+
+    @property
+    def ready(self) -> bool: ...
 
     def submit(
         self, request: GenerationRequest, *, progress: ProgressCallback | None = None, cancel: CancelToken | None = None

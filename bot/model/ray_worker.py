@@ -27,7 +27,7 @@ NAMESPACE = "zimage-bot"
 ACTOR_CONCURRENCY = 4
 
 
-@ray.remote(max_concurrency=ACTOR_CONCURRENCY)
+@ray.remote(max_concurrency=ACTOR_CONCURRENCY)  # type: ignore[call-overload]
 class GenerationActor:
     """One device of the cluster: Ray gives the actor its GPU (CUDA_VISIBLE_DEVICES), seen as cuda:0."""
 
@@ -89,4 +89,4 @@ class GenerationActor:
 def start_actor(settings: Settings, name: str, *, gpu: bool) -> ray.actor.ActorHandle:
     """A named worker actor, loading: on a GPU of the cluster, or on a CPU (to try the shape)."""
     options = {"name": name, "namespace": NAMESPACE, "num_gpus": 1 if gpu else 0, "num_cpus": 1}
-    return GenerationActor.options(**options).remote(settings, "cuda:0" if gpu else "cpu")
+    return GenerationActor.options(**options).remote(settings, "cuda:0" if gpu else "cpu")  # type: ignore[attr-defined]
