@@ -100,6 +100,10 @@ class RayBackend:
         except (*_ACTOR_GONE, ray.exceptions.GetTimeoutError) as error:
             self.ready = False
             raise WorkerLost(f"the Ray worker {self.actor_name} died ({type(error).__name__})") from None
+        except ray.exceptions.RayError as error:
+            # The cluster itself (the head, the network): the job waits for a worker rather than failing.
+            self.ready = False
+            raise WorkerLost(f"lost contact with the Ray worker {self.actor_name} ({type(error).__name__})") from None
         images: list[Image.Image] = []
         for data in pngs:
             image = Image.open(io.BytesIO(data))
