@@ -312,3 +312,25 @@ async def test_two_cpu_workers_from_the_command_line_survive_a_kill(launch, disc
     assert delivered_at(posted[1][0]) < delivered_at(posted[3][0])  # alice's order
     second.terminate()
     assert await second.exit_status() == 0
+
+
+# ----- the benchmark of several workers ---------------------------------------------------------------
+
+
+def test_the_scaling_benchmark_runs_on_cpu_workers(tmp_path):
+    import json
+
+    from conftest import PROJECT_ROOT
+
+    results = tmp_path / "scaling.json"
+    command = [sys.executable, "-m", "bench.scaling", "--tiny", "--configs", "cpu,cpu", "--jobs", "6"]
+    command += ["--work-dir", str(tmp_path / "work"), "--results", str(results)]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    run = json.loads(results.read_text())["runs"]["local:cpu,cpu"]
+    assert run["status"] == "ok" and run["workers"] == ["cpu", "cpu"]
+    queue, fairness = run["queue"], run["fairness"]
+    assert queue["delivered"] == 6 and queue["failed"] == [] and sum(queue["jobs_per_worker"]) == 6
+    assert queue["images_per_s"] > 0 and queue["dispatch_overhead_ms_per_job"] >= 0
+    assert fairness["delivered"] == 26 and fairness["light_jobs_before_heavy_fourth"] is True
+    assert "| local:cpu,cpu | cpu, cpu |" in done.stdout
