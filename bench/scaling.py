@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         )
         if args.tiny:
-            env["COMPILE"] = "0"
+            # One thread a worker: on a busy CPU, torch's two-thread parallel regions wait on each other
+            # (a tiny image took many times longer), and one worker would otherwise take every core.
+            env.update(COMPILE="0", OMP_NUM_THREADS="1")
         command = [sys.executable, "-m", "bench.scaling", "--one", config, "--jobs", str(args.jobs)]
         command += ["--size", size, "--steps", str(steps)]
         print(f"scaling: DEVICE={config} WORKERS={args.workers}", file=sys.stderr, flush=True)
