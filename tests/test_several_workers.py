@@ -276,6 +276,10 @@ async def test_repeated_failures_take_a_worker_out(loaded_service, second_servic
     assert pool.failed(first, GenerationError("the GPU ran out of memory")) is True
     assert first.state is WorkerState.OUT and first.why_out.startswith("3 failures in a row")
     assert pool.in_rotation() == [pool.workers[1]] and not pool.others_in_rotation(pool.workers[1])
+    last = pool.workers[1]
+    for _ in range(MAX_FAILURES_IN_A_ROW + 1):  # the last worker in rotation stays in it
+        assert pool.failed(last, GenerationError("the GPU ran out of memory")) is False
+    assert last.in_rotation and last.failures_in_a_row == MAX_FAILURES_IN_A_ROW + 1
 
 
 # ----- the command line: two workers, killed, started again ----------------------------------------------

@@ -168,7 +168,9 @@ class WorkerPool:
         worker.failures_in_a_row += 1
         if not worker.backend.ready:
             self.take_out(worker, f"its model is no longer loaded ({error})")
-        elif worker.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+        elif worker.failures_in_a_row >= MAX_FAILURES_IN_A_ROW and self.others_in_rotation(worker):
+            # The last worker stays: with one GPU, a run of failed jobs (say, too large for its memory)
+            # must not stop the jobs after them.
             self.take_out(worker, f"{worker.failures_in_a_row} failures in a row, the last: {error}")
         return not worker.in_rotation
 
