@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             DATA_DIR=str(work / "data" / "scaling"),  # the compile cache, shared by the runs
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         )
+        if args.workers == "ray" and config.startswith("cuda:"):
+            # Ray's workers take every GPU the (local) cluster has: show it only the listed ones.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(part.split(":")[1] for part in config.split(","))
         if args.tiny:
             # One thread a worker: on a busy CPU, torch's two-thread parallel regions wait on each other
             # (a tiny image took many times longer), and one worker would otherwise take every core.

@@ -152,6 +152,11 @@ class RayWorkers:
     def start(self, *, wait_for: int = 1, timeout: float = 3600.0) -> None:
         """Start the actors for what the cluster has now and wait until `wait_for` of them are ready."""
         self.watch_once()
+        if not self._pending and not self.pool.workers:
+            raise GenerationError(
+                "the Ray cluster has no GPU and no zimage-worker actor: add a node with GPUs, or set DEVICE=cpu to try "
+                "the bot on CPU workers"
+            )
         deadline = time.monotonic() + timeout
         while len(self.pool.in_rotation()) < wait_for:
             if time.monotonic() > deadline:
