@@ -27,7 +27,8 @@ THROUGHPUT_WINDOW = 300.0  # seconds of finished jobs that /status's images per 
 
 
 class GenerationBackend(Protocol):
-    """What a worker drives: the model side's PipelineService (or a remote stand-in for one)."""
+    """What a worker drives: the model side's PipelineService (or a remote stand-in for one). Only
+    submit and estimate_seconds are needed; device, ready and gpu_memory are used when present."""
 
     @property
     def device(self) -> Any: ...
@@ -79,7 +80,7 @@ class Worker:
 
     @property
     def in_rotation(self) -> bool:
-        return self.state is not WorkerState.OUT and bool(self.backend.ready)
+        return self.state is not WorkerState.OUT and _ready(self.backend)
 
     async def generate(
         self, request: GenerationRequest, *, progress: ProgressCallback, cancel: CancelToken
@@ -88,7 +89,8 @@ class Worker:
         return await asyncio.wrap_future(self.backend.submit(request, progress=progress, cancel=cancel))
 
     def gpu_memory(self) -> Any:
-        return self.backend.gpu_memory()
+        reading = getattr(self.backend, "gpu_memory", None)
+        return reading() if reading is not None else None
 
 
 @dataclass
@@ -112,7 +114,7 @@ class WorkerPool:
 
     def add(self, backend: GenerationBackend, name: str | None = None) -> Worker:
         """A worker joins (at start, or later: a new GPU of a cluster); the runner starts its loop."""
-        worker = Worker(backend, name or str(backend.device))
+        worker = Worker(backend, name or str(getattr(backend, "device", f"worker {len(self.workers)}")))
         self.workers.append(worker)
         for listener in self._listeners:
             listener(worker)
@@ -166,7 +168,7 @@ class WorkerPool:
     def failed(self, worker: Worker, error: BaseException) -> bool:
         """Count a failure of `worker`; True when that took it out of rotation."""
         worker.failures_in_a_row += 1
-        if not worker.backend.ready:
+        if not _ready(worker.backend):
             self.take_out(worker, f"its model is no longer loaded ({error})")
         elif worker.failures_in_a_row >= MAX_FAILURES_IN_A_ROW and self.others_in_rotation(worker):
             # The last worker stays: with one GPU, a run of failed jobs (say, too large for its memory)
@@ -204,3 +206,8 @@ class WorkerPool:
         horizon = time.monotonic() - THROUGHPUT_WINDOW
         while self._finished and self._finished[0][0] < horizon:
             self._finished.popleft()
+
+
+def _ready(backend: GenerationBackend) -> bool:
+    # A backend that does not say (a plain wrapper around a service) counts as ready.
+    return bool(getattr(backend, "ready", True))
