@@ -218,7 +218,7 @@ class _Reader:
         parts = value.split(",")
         if len(parts) == 1:
             if not re.fullmatch(_ONE_DEVICE, value):
-                raise ConfigError(name, raw, "auto, all, cpu, mps, cuda, cuda:N, or a list such as cuda:0,cuda:1")
+                raise ConfigError(name, raw, "auto, cpu, mps, cuda or cuda:N; all; or a list such as cuda:0,cuda:1")
             return (value,)
         for part in parts:
             if not re.fullmatch(r"cpu|mps|cuda:\d+", part):
