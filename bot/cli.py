@@ -159,9 +159,14 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
         except ConfigError as error:
             print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
             return EXIT_CONFIG
-    service = _load_service(settings, warm_up=False)
-    if service is None:
+    try:
+        services = _load_services(settings, warm_up=False, first_only=True)
+    except ConfigError as error:
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not services:
         return EXIT_FAILURE
+    service = services[0]
     try:
         result = service.generate(request)
     except GenerationError as error:
@@ -210,8 +215,15 @@ def run(settings: Settings) -> int:
     except StoreError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    service = _load_service(settings, warm_up=True)
-    if service is None:
+    if settings.workers == "ray":
+        return _run_on_ray(settings, store, token)
+    try:
+        services = _load_services(settings, warm_up=True)
+    except ConfigError as error:
+        store.close()
+        print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not services:
         store.close()
         return EXIT_FAILURE
     import aiohttp
@@ -220,7 +232,7 @@ def run(settings: Settings) -> int:
     from bot.discord_bot.client import LoginRejected, run_bot
 
     try:
-        run_bot(settings, service, store, token)
+        run_bot(settings, services, store, token)
     except LoginRejected as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -234,13 +246,60 @@ def run(settings: Settings) -> int:
         )
         return EXIT_FAILURE
     finally:
-        service.close()
+        for service in services:
+            service.close()
         store.close()
     return EXIT_OK
 
 
-def _load_service(settings: Settings, *, warm_up: bool):
-    """Print the banner, load the model, log `model ready`; None (after saying why) on failure."""
+def _run_on_ray(settings: Settings, store, token: str) -> int:
+    """WORKERS=ray: the model lives in Ray actors; this process keeps Discord, the store and the queue."""
+    import time
+
+    try:
+        from bot.jobs.ray_workers import RayWorkers
+    except ImportError:
+        store.close()
+        print('zimage-bot: configuration error: WORKERS=ray needs Ray: pip install "zimage-bot[ray]"', file=sys.stderr)
+        return EXIT_CONFIG
+    from bot.discord_bot.client import LoginRejected, run_bot
+    from bot.jobs.workers import WorkerPool
+
+    print(f"zimage-bot: model {settings.model_id} (revision {settings.model_revision}) on Ray workers", file=sys.stderr)
+    print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
+    pool = WorkerPool()
+    cluster = RayWorkers(settings, pool)
+    started = time.perf_counter()
+    try:
+        cluster.connect()
+        cluster.start(wait_for=1)
+    except Exception as error:  # Ray's own errors: no head at RAY_ADDRESS, no worker could load
+        print(f"zimage-bot: Ray workers could not start: {error}", file=sys.stderr)
+        cluster.stop()
+        store.close()
+        return EXIT_FAILURE
+    log.info(
+        "model ready in %.1f s (%d Ray worker(s); more join as they load)",
+        time.perf_counter() - started,
+        len(pool.workers),
+    )
+    cluster.watch_in_background()
+    try:
+        run_bot(settings, [], store, token, workers=pool)
+    except LoginRejected as error:
+        print(f"zimage-bot: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        cluster.stop()
+        store.close()
+    return EXIT_OK
+
+
+def _load_services(settings: Settings, *, warm_up: bool, first_only: bool = False) -> list:
+    """Print the banner, load the model on every device (in parallel), log `model ready`.
+
+    Raises ConfigError for a DEVICE naming a GPU that is not there; returns [] (after saying why) when
+    the model cannot be loaded."""
     from bot.model.cache_report import hub_cache_root
     from bot.model.download import DownloadError
 
@@ -248,34 +307,41 @@ def _load_service(settings: Settings, *, warm_up: bool):
     print(f"zimage-bot: safety check {settings.safety_check_text}", file=sys.stderr)
     print(f"zimage-bot: Hugging Face cache {hub_cache_root()}", file=sys.stderr)
     print(f"zimage-bot: outputs saved to {settings.output_dir.resolve()}", file=sys.stderr)
-    from bot.model.pipeline_service import ModelLoadError, PipelineService
+    from bot.model.devices import combined_report, create_services, load_all, resolve_devices
+    from bot.model.pipeline_service import ModelLoadError
 
+    devices = resolve_devices(settings)
     try:
-        service = PipelineService(settings)
+        services = create_services(settings, devices[:1] if first_only else devices)
     except ModelLoadError as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
-        return None
+        return []
+    first = services[0]
+    shown = ", ".join(str(service.device) for service in services)
     print(
-        f"zimage-bot: device {service.device}, dtype {str(service.dtype).removeprefix('torch.')}, "
-        f"offload {settings.offload}, compile {'on' if service.compile else 'off'}",
+        f"zimage-bot: device {shown}, dtype {str(first.dtype).removeprefix('torch.')}, "
+        f"offload {settings.offload}, compile {'on' if first.compile else 'off'}",
         file=sys.stderr,
     )
     try:
-        report = service.load(warm_up=warm_up)
+        services = load_all(services, warm_up=warm_up, allow_degraded=settings.allow_degraded)
     except (ModelLoadError, DownloadError) as error:
         print(f"zimage-bot: {error}", file=sys.stderr)
-        service.close()
-        return None
+        for service in services:
+            service.close()
+        return []
+    report = combined_report(services)
     source = "local cache" if report.from_cache else "downloaded"
     log.info(
-        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s; prompt enhancer %s)",
+        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s; prompt enhancer %s)%s",
         report.load_seconds + report.warmup_seconds,
         source,
         report.load_seconds,
         report.warmup_seconds,
         report.enhancer,
+        f" on {len(services)} devices, loaded in parallel" if len(services) > 1 else "",
     )
-    return service
+    return services
 
 
 if __name__ == "__main__":  # pragma: no cover

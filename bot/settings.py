@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bot.image_size import ImageSize
@@ -32,6 +32,8 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 QUANTIZE_MODES = ("none", "fp8")
 ENHANCER_MODES = ("on", "off")
 DTYPES = ("auto", "bfloat16", "float32")
+WORKER_KINDS = ("local", "ray")
+_ONE_DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -98,6 +100,12 @@ class Settings:
     max_queue: int = 50
     max_jobs_per_user: int = 3
     device: str = "auto"
+    # The parsed DEVICE list: one entry for the usual one-device shape; ("all",) until the model side
+    # has counted the GPUs. Each entry gets its own PipelineService (see `for_device`).
+    devices: tuple[str, ...] = ("auto",)
+    allow_degraded: bool = False
+    workers: str = "local"
+    metrics_port: int | None = None
     dtype: str = "auto"
     offload: str = "none"
     attention_backend: str | None = None
@@ -129,6 +137,7 @@ class Settings:
         """Parse and validate every variable; raise ConfigError naming the first bad one."""
         env = _Reader(os.environ if environ is None else environ)
         default_steps = env.integer("DEFAULT_STEPS", turbo_default_steps(), 1, MAX_STEPS)
+        devices = env.devices("DEVICE")
         return cls(
             discord_token=env.text("DISCORD_TOKEN"),
             model_id=env.pattern("MODEL_ID", DEFAULT_MODEL_ID, r"[\w.-]+/[\w.-]+", "a repo id like org/name"),
@@ -141,7 +150,11 @@ class Settings:
             dev_guild_id=env.snowflake("DEV_GUILD_ID"),
             max_queue=env.integer("MAX_QUEUE", 50, 1, 10_000),
             max_jobs_per_user=env.integer("MAX_JOBS_PER_USER", 3, 1, 1_000),
-            device=env.pattern("DEVICE", "auto", r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
+            device=",".join(devices),
+            devices=devices,
+            allow_degraded=bool(env.flag("ALLOW_DEGRADED")),
+            workers=env.choice("WORKERS", "local", WORKER_KINDS),
+            metrics_port=env.port("METRICS_PORT"),
             dtype=env.choice("DTYPE", "auto", DTYPES, why_not={"float16": "float16 gives black images"}),
             offload=env.choice("OFFLOAD", "none", OFFLOAD_MODES),
             attention_backend=env.text("ATTENTION_BACKEND"),
@@ -161,6 +174,10 @@ class Settings:
             safety_threshold=env.fraction("SAFETY_THRESHOLD", DEFAULT_SAFETY_THRESHOLD),
             loras=env.loras("LORAS"),
         )
+
+    def for_device(self, device: str) -> Settings:
+        """The settings one worker runs with: everything the same, on `device` alone."""
+        return replace(self, device=device, devices=(device,))
 
     def require_token(self) -> str:
         if not self.discord_token:
@@ -251,6 +268,41 @@ class _Reader:
         if raw.lower() in _FALSE:
             return False
         raise ConfigError(name, raw, "auto, 1/true/yes/on or 0/false/no/off")
+
+    def port(self, name: str) -> int | None:
+        if self.text(name) is None:
+            return None
+        return self.integer(name, 0, 1, 65_535)
+
+    def devices(self, name: str) -> tuple[str, ...]:
+        """One device, `all` (every visible GPU), or a list of GPUs (`cuda:0,cuda:1`).
+
+        Whether the GPUs exist is checked where torch is imported (bot/model/devices.py). `cpu` may be
+        repeated (`cpu,cpu`): it tries the several-worker shape on one machine, and CPU workers share
+        nothing that conflicts (each has its own copy of the model and its own thread). A GPU named twice
+        would hold two copies of the model and make them take turns: refused."""
+        raw = self.text(name)
+        if raw is None:
+            return ("auto",)
+        value = raw.lower().replace(" ", "")
+        if value == "all":
+            return ("all",)
+        parts = value.split(",")
+        if len(parts) == 1:
+            if not re.fullmatch(_ONE_DEVICE, value):
+                raise ConfigError(name, raw, "auto, cpu, mps, cuda or cuda:N; all; or a list such as cuda:0,cuda:1")
+            return (value,)
+        for part in parts:
+            if not re.fullmatch(r"cpu|mps|cuda:\d+", part):
+                raise ConfigError(name, raw, f"{part or 'an empty entry'} in a list: name each GPU as cuda:N")
+        kinds = sorted({part.split(":")[0] for part in parts})
+        if len(kinds) > 1:
+            # A CPU worker takes minutes where a GPU takes a second: the jobs it drew would wait for it.
+            raise ConfigError(name, raw, f"{' and '.join(kinds)} mixed: list devices of one kind")
+        repeated = sorted({part for part in parts if part != "cpu" and parts.count(part) > 1})
+        if repeated:
+            raise ConfigError(name, raw, f"{', '.join(repeated)} named twice: list each GPU once")
+        return tuple(parts)
 
     def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
         raw = self.text(name)

@@ -26,20 +26,35 @@ class Status(commands.Cog):
     async def build_embed(self) -> discord.Embed:
         bot, settings, service, runner = self.bot, self.bot.settings, self.bot.service, self.bot.runner
         stats = await asyncio.to_thread(bot.store.stats)  # a quick SQLite read, still off the loop
-        report = service.load_report
-        ready = service.ready and not runner.queue.closed
+        workers = runner.workers
+        # WORKERS=ray: no model in this process; the workers are the state.
+        report = service.load_report if service is not None else None
+        loaded = service.ready if service is not None else bool(workers.workers)
+        ready = loaded and bool(workers.in_rotation()) and not runner.queue.closed
         embed = discord.Embed(
             title="zimage-bot status",
             colour=discord.Colour.green() if ready else discord.Colour.orange(),
         )
-        state = "ready" if ready else ("shutting down" if runner.queue.closed else service.state.value)
+        if runner.queue.closed:
+            state = "shutting down"
+        elif workers.problem:
+            state = f"{workers.problem}; jobs wait"
+        elif loaded and not workers.in_rotation():
+            state = "no worker available: jobs wait until one is back"
+        elif service is not None and not service.ready:
+            state = service.state.value
+        else:
+            state = "ready" if ready else "waiting for workers"
         if runner.queue.paused:
             state += " (queue paused)"
         embed.add_field(name="State", value=state)
         embed.add_field(name="Model", value=f"{settings.model_id}\n@ {settings.model_revision}")
-        embed.add_field(name="Device", value=f"{service.device} · {str(service.dtype).removeprefix('torch.')}")
+        if service is None:
+            embed.add_field(name="Device", value=f"Ray: {len(workers.in_rotation())} worker(s) in rotation")
+        else:
+            embed.add_field(name="Device", value=f"{service.device} · {str(service.dtype).removeprefix('torch.')}")
         embed.add_field(name="Safety check", value=settings.safety_check_text)
-        memory = service.gpu_memory()
+        memory = service.gpu_memory() if service is not None else None
         if memory is not None:
             embed.add_field(
                 name="GPU memory",
@@ -51,8 +66,11 @@ class Status(commands.Cog):
             embed.add_field(name="Load", value=f"{format_seconds(report.load_seconds)} ({source})")
             embed.add_field(name="Warm-up", value=format_seconds(report.warmup_seconds))
         embed.add_field(name="Cache folder", value=f"`{hub_cache_root()}`", inline=False)
-        running = runner.queue.running
-        queue_text = f"{len(runner.queue)} waiting" + (", 1 running" if running else "")
+        if service is None or len(workers.workers) > 1 or not all(worker.in_rotation for worker in workers.workers):
+            embed.add_field(name="Workers", value=_workers_text(workers), inline=False)
+            embed.add_field(name="Throughput", value=f"{workers.images_per_second():.2f} images/s (last 5 min)")
+        running = len(runner.queue.running_jobs)
+        queue_text = f"{len(runner.queue)} waiting" + (f", {running} running" if running else "")
         embed.add_field(name="Queue", value=queue_text)
         embed.add_field(name="Jobs done", value=f"{stats.jobs_done} ({stats.images_done} images)")
         mean = stats.mean_seconds_per_image
@@ -74,6 +92,22 @@ class Status(commands.Cog):
                 name=f"Problems ({len(problems)}, see the log)", value="\n".join(lines)[:1024], inline=False
             )
         return embed
+
+
+def _workers_text(workers) -> str:
+    """One line a worker: device, state, jobs done, memory."""
+    lines = []
+    for worker in workers.workers:
+        state = worker.state.value if worker.in_rotation else "out of rotation"
+        state += f" (job {worker.job_id})" if worker.job_id is not None else ""
+        if worker.why_out:
+            state += f": {worker.why_out}"
+        line = f"`{worker.name}` {state} · {worker.jobs_done} jobs"
+        memory = worker.gpu_memory() if worker.in_rotation else None
+        if memory is not None:
+            line += f" · {format_bytes(memory.allocated_bytes)} of {format_bytes(memory.total_bytes)}"
+        lines.append(line)
+    return "\n".join(lines)[:1024]  # an embed field holds at most 1024 characters
 
 
 async def setup(bot) -> None:

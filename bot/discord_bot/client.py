@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import signal
+from typing import Any
 
 import discord
 import yarl
@@ -21,6 +22,7 @@ from bot.discord_bot.delivery import DiscordJobPresenter
 from bot.discord_bot.error_tree import ZImageCommandTree
 from bot.jobs.runner import JobRunner
 from bot.jobs.store import JobStore
+from bot.jobs.workers import WorkerPool
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,10 @@ class LoginRejected(RuntimeError):
 
 
 class ZImageBot(commands.Bot):
-    def __init__(self, settings: Settings, service, store: JobStore, **options) -> None:
+    def __init__(
+        self, settings: Settings, service, store: JobStore, *, workers: WorkerPool | None = None, **options
+    ) -> None:
+        """`service` is the (first) model service; `workers`, with several devices, all of them."""
         # Slash commands and buttons need no privileged intents; `guilds` keeps channel and
         # permission data for the guilds the bot is in.
         intents = discord.Intents.none()
@@ -52,8 +57,9 @@ class ZImageBot(commands.Bot):
         self.settings = settings
         self.service = service
         self.store = store
-        self.runner = JobRunner(settings, service, store)
+        self.runner = JobRunner(settings, service, store, workers=workers)
         self._shutdown_task: asyncio.Task | None = None
+        self.metrics: Any = None  # bot.metrics.BotMetrics when METRICS_PORT is set
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -69,7 +75,21 @@ class ZImageBot(commands.Bot):
             guild_settings=self.store.guild_settings,
         )
         await self.runner.start(presenter)
+        if self.settings.metrics_port is not None:
+            self.start_metrics(self.settings.metrics_port)
         await self.sync_commands_if_changed()
+
+    def start_metrics(self, port: int) -> None:
+        from bot.metrics import BotMetrics  # prometheus-client: only needed with METRICS_PORT
+
+        metrics = BotMetrics(self.runner)
+        try:
+            metrics.serve(port)
+        except OSError as error:
+            # The bot is worth more than its metrics: it serves Discord without them.
+            log.error("METRICS_PORT=%d cannot be served (%s); running without metrics", port, error)
+            return
+        self.metrics = metrics
 
     async def sync_commands_if_changed(self) -> bool:
         """Sync only when the command set differs from the last sync: global syncs are slow and
@@ -134,6 +154,8 @@ class ZImageBot(commands.Bot):
         try:
             await self.runner.stop(timeout=SHUTDOWN_TIMEOUT)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             await self.close()
 
 
@@ -161,9 +183,15 @@ async def serve(bot: ZImageBot, token: str) -> None:
     await bot.shutdown_finished()
 
 
-def run_bot(settings: Settings, service, store: JobStore, token: str) -> None:
+def run_bot(
+    settings: Settings, services: list, store: JobStore, token: str, *, workers: WorkerPool | None = None
+) -> None:
+    """Run the bot on already-loaded model services (one per device, usually one), or on `workers`
+    elsewhere (WORKERS=ray: no service in this process)."""
     point_at_discord(settings)
-    bot = ZImageBot(settings, service, store)
+    if workers is None and len(services) > 1:
+        workers = WorkerPool.of(services)
+    bot = ZImageBot(settings, services[0] if services else None, store, workers=workers)
     asyncio.run(serve(bot, token))
 
 

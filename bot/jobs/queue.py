@@ -34,7 +34,7 @@ class GenerationQueue(Generic[Entry]):
         self.max_queue = max_queue
         self.max_jobs_per_user = max_jobs_per_user
         self._waiting: OrderedDict[int, deque[Entry]] = OrderedDict()  # user id -> jobs, in rotation order
-        self._running: Entry | None = None
+        self._running: list[Entry] = []  # one job per busy worker
         # Places promised to jobs that are being recorded but not yet queued: accepting a job awaits
         # the store, and two quick requests must not both squeeze into the last place.
         self._reserved: Counter[int] = Counter()
@@ -88,7 +88,8 @@ class GenerationQueue(Generic[Entry]):
     # ----- the worker's side -----------------------------------------------------------------
 
     async def get(self) -> Entry:
-        """Wait for the next job in fair order (not while paused) and mark it running."""
+        """Wait for the next job in fair order (not while paused) and mark it running; each worker
+        calls it when it is free, so the next job goes to the next free worker."""
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self._waiting) and not self._paused and not self._closed)
             user_id, jobs = next(iter(self._waiting.items()))
@@ -97,13 +98,13 @@ class GenerationQueue(Generic[Entry]):
             del self._waiting[user_id]
             if jobs:
                 self._waiting[user_id] = jobs
-            self._running = entry
+            self._running.append(entry)
             self._changed.notify_all()
             return entry
 
     async def finished(self, entry: Entry) -> None:
-        if self._running is entry:
-            self._running = None
+        if entry in self._running:
+            self._running.remove(entry)
         await self._notify()
 
     # ----- control ---------------------------------------------------------------------------
@@ -141,13 +142,18 @@ class GenerationQueue(Generic[Entry]):
 
     @property
     def running(self) -> Entry | None:
-        return self._running
+        """The running job that started first (the only one with one worker)."""
+        return self._running[0] if self._running else None
+
+    @property
+    def running_jobs(self) -> list[Entry]:
+        return list(self._running)
 
     def __len__(self) -> int:
         return sum(len(jobs) for jobs in self._waiting.values())
 
     def jobs_of(self, user_id: int) -> int:
-        running = 1 if self._running is not None and self._running.user_id == user_id else 0
+        running = sum(1 for entry in self._running if entry.user_id == user_id)
         return len(self._waiting.get(user_id, ())) + running
 
     def waiting(self) -> list[Entry]:
@@ -162,12 +168,13 @@ class GenerationQueue(Generic[Entry]):
         return None
 
     def find(self, job_id: int) -> Entry | None:
-        if self._running is not None and self._running.job_id == job_id:
-            return self._running
+        running = next((entry for entry in self._running if entry.job_id == job_id), None)
+        if running is not None:
+            return running
         return next((entry for entry in self._fair_order() if entry.job_id == job_id), None)
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until `predicate()` holds after some change of the queue; False on timeout."""
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until `predicate()` holds after some change of the queue; False on timeout (None: no limit)."""
 
         async def wait() -> None:
             async with self._changed:

@@ -24,6 +24,7 @@ from bot.generation import (
     GenerationError,
     GenerationRequest,
     GenerationResult,
+    InvalidRequest,
     StepProgress,
 )
 from bot.image_files import save_png
@@ -32,6 +33,7 @@ from bot.jobs.health import TaskHealth
 from bot.jobs.queue import GenerationQueue, QueueEntry, QueueRefusal
 from bot.jobs.retention import apply_retention
 from bot.jobs.store import JobRecord, JobState, JobStore
+from bot.jobs.workers import Worker, WorkerLost, WorkerPool
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class ActiveJob(QueueEntry):
     eta_seconds: float | None = None
     progress: StepProgress | None = None
     cancelled_by: int | None = None
+    retried: bool = False  # ran once on a worker that failed; a second failure goes to the user
 
     @property
     def token_age(self) -> float:
@@ -139,10 +142,13 @@ def new_record(request: GenerationRequest, *, user_id: int, user_name: str, chan
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, service, store: JobStore) -> None:
+    def __init__(self, settings: Settings, service, store: JobStore, *, workers: WorkerPool | None = None) -> None:
+        """`service` is the model service of the one-device shape; `workers`, when given, are all the
+        workers (one per device) the jobs go to."""
         self.settings = settings
         self.service = service
         self.store = store
+        self.workers = workers if workers is not None else WorkerPool.of([service])
         self.queue: GenerationQueue[ActiveJob] = GenerationQueue(
             max_queue=settings.max_queue, max_jobs_per_user=settings.max_jobs_per_user
         )
@@ -156,6 +162,7 @@ class JobRunner:
         # A requester's results are posted in their order, also when one needs a retry: later ones wait.
         self._retrying: dict[int, set[int]] = {}  # user id -> ids of their jobs waiting for a retry
         self._held: dict[int, list[ActiveJob]] = {}  # user id -> saved jobs waiting behind those
+        self._handovers: set[asyncio.Task] = set()  # results waiting for the same user's earlier job
         self._stopping = False
         self.started_at = time.time()
 
@@ -166,12 +173,23 @@ class JobRunner:
         await self._resume_unfinished()
         keep = self.health.keep_running
         self._tasks = [
-            asyncio.create_task(keep("GPU worker", self._work), name="gpu-worker"),
             asyncio.create_task(keep("delivery line", self._deliver_results), name="delivery"),
             asyncio.create_task(
                 keep("retention", lambda: apply_retention(self.store, self.settings, self.health)), name="retention"
             ),
         ]
+        self.workers.bind(asyncio.get_running_loop())
+        for worker in self.workers.workers:
+            self._start_worker(worker)
+        self.workers.on_join(self._start_worker)
+
+    def _start_worker(self, worker: Worker) -> None:
+        keep = self.health.keep_running
+        self._tasks.append(
+            asyncio.create_task(
+                keep(f"GPU worker {worker.name}", lambda: self._work(worker)), name=f"worker-{worker.name}"
+            )
+        )
 
     @property
     def stopping(self) -> bool:
@@ -192,13 +210,15 @@ class JobRunner:
 
         waiting = self.queue.close()
         notices = asyncio.create_task(self._tell_waiting(waiting), name="shutdown-notices")
-        running = self.queue.running
-        if running is not None and not await self.queue.wait_for(
-            lambda: self.queue.running is not running, left(CANCEL_BEFORE)
+        if self.queue.running_jobs and not await self.queue.wait_for(
+            lambda: not self.queue.running_jobs, left(CANCEL_BEFORE)
         ):
-            log.info("cancelling job %d for shutdown; it will run again after restart", running.job_id)
-            running.cancel.cancel()  # the GPU thread stops at the end of the current step
-            await self.queue.wait_for(lambda: self.queue.running is not running, left(CANCEL_BEFORE / 2))
+            for job in self.queue.running_jobs:
+                log.info("cancelling job %d for shutdown; it will run again after restart", job.job_id)
+                job.cancel.cancel()  # the GPU thread stops at the end of the current step
+            await self.queue.wait_for(lambda: not self.queue.running_jobs, left(CANCEL_BEFORE / 2))
+        if self._handovers:
+            await asyncio.wait(self._handovers, timeout=left(CANCEL_BEFORE / 2))
         # Results already made are delivered before the process exits.
         try:
             await asyncio.wait_for(self._finished.join(), timeout=left(1.0))
@@ -300,8 +320,8 @@ class JobRunner:
             await self._conclude(job, f"🚫 Job {job_id} cancelled before it started.")
             self._refresh_positions()
             return "cancelled before it started"
-        running = self.queue.running
-        if running is not None and running.job_id == job_id:
+        running = next((job for job in self.queue.running_jobs if job.job_id == job_id), None)
+        if running is not None:
             running.cancelled_by = by_user
             running.cancel.cancel()  # the GPU thread stops at the end of the current step
             return "stopping after the current step"
@@ -313,12 +333,18 @@ class JobRunner:
 
     # ----- the GPU worker ----------------------------------------------------------------------
 
-    async def _work(self) -> None:
-        while True:
+    async def _work(self, worker: Worker) -> None:
+        """One worker's loop: the next job in fair order whenever this worker is free."""
+        while worker.in_rotation:
             job = await self.queue.get()
+            if not worker.in_rotation:  # taken out while it waited (a remote worker that left)
+                await self.queue.put(job, bypass_limits=True)
+                await self.queue.finished(job)
+                break
+            self.workers.started(worker, job.job_id, waited_seconds=time.time() - job.record.created_at)
             try:
                 self._refresh_positions()
-                await self._run(job)
+                await self._run(job, worker)
             except Exception as error:
                 # One bad job (or a store that refuses a write) must never stop the worker.
                 log.exception("job %d failed unexpectedly", job.job_id)
@@ -327,9 +353,10 @@ class JobRunner:
                     job, f"⚠️ Job {job.job_id} failed: something went wrong making it; the error was logged."
                 )
             finally:
+                self.workers.stopped(worker)
                 await self.queue.finished(job)
 
-    async def _run(self, job: ActiveJob) -> None:
+    async def _run(self, job: ActiveJob, worker: Worker) -> None:
         if job.cancel.cancelled:
             return
         loop = asyncio.get_running_loop()
@@ -342,8 +369,7 @@ class JobRunner:
                 loop.call_soon_threadsafe(self._on_progress, job, step)
 
         try:
-            future = self.service.submit(job.request, progress=on_step, cancel=job.cancel)
-            result = await asyncio.wrap_future(future)
+            result = await worker.generate(job.request, progress=on_step, cancel=job.cancel)
         except GenerationCancelled:
             if self._stopping and job.cancelled_by is None:
                 await self._mark(job, JobState.QUEUED)  # not the user's doing: run it after restart
@@ -351,10 +377,49 @@ class JobRunner:
                 await self._mark(job, JobState.CANCELLED, finished_at=time.time())
                 await self._conclude(job, f"🚫 Job {job.job_id} cancelled.")
             return
-        except GenerationError as error:
+        except InvalidRequest as error:
             await self._fail(job, f"⚠️ Job {job.job_id} failed: {error}.")
             return
-        await self._finished.put((job, result))
+        except WorkerLost as error:
+            # Not the job's fault: it runs again on the next worker, now or once one is back.
+            self.workers.take_out(worker, str(error))
+            log.warning("job %d lost its worker %s (%s); it waits for another", job.job_id, worker.name, error)
+            job.progress = None
+            await self._mark(job, JobState.QUEUED)
+            await self.queue.put(job, bypass_limits=True)
+            return
+        except GenerationError as error:
+            self.workers.failed(worker, error)
+            if not job.retried and self.workers.others_in_rotation(worker):
+                # Perhaps the worker's fault rather than the job's: one more try, on another worker.
+                log.warning("job %d failed on %s (%s); running it again elsewhere", job.job_id, worker.name, error)
+                job.retried, job.progress = True, None
+                await self._mark(job, JobState.QUEUED)
+                await self.queue.put(job, bypass_limits=True)
+                return
+            await self._fail(job, f"⚠️ Job {job.job_id} failed: {error}.")
+            return
+        self.workers.succeeded(worker, result)
+        self._hand_over(job, result)
+
+    def _hand_over(self, job: ActiveJob, result: GenerationResult) -> None:
+        """Queue the result for delivery after the same user's earlier jobs that other workers still
+        make: a requester's pictures arrive in the order they were asked for."""
+
+        def earlier_running() -> bool:
+            return any(other.user_id == job.user_id and other.job_id < job.job_id for other in self.queue.running_jobs)
+
+        if not earlier_running():
+            self._finished.put_nowait((job, result))
+            return
+
+        async def wait_then_hand_over() -> None:
+            await self.queue.wait_for(lambda: not earlier_running(), None)
+            await self._finished.put((job, result))
+
+        task = asyncio.create_task(wait_then_hand_over(), name=f"handover-{job.job_id}")
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
 
     def _on_progress(self, job: ActiveJob, step: StepProgress) -> None:
         job.progress = step
@@ -439,6 +504,7 @@ class JobRunner:
             self._finished.put_nowait((held, None))
 
     def _retry_later(self, job: ActiveJob, result: GenerationResult | None) -> None:
+        self.workers.delivery_failed()
         failures = self._delivery_failures.get(job.job_id, 0)
         if self._stopping or failures >= len(self.delivery_retry_delays):
             log.exception(
@@ -482,7 +548,8 @@ class JobRunner:
         message_id = await self.presenter.deliver(job, files)
         where = {"result_message_id": message_id} if message_id is not None else {}
         # Compare-and-set: a job is marked delivered once, whoever gets here first.
-        await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED, **where)
+        if await asyncio.to_thread(self.store.transition, job.job_id, [JobState.DONE], JobState.DELIVERED, **where):
+            self.workers.job_state(JobState.DELIVERED.value)
 
     # ----- restart recovery --------------------------------------------------------------------
 
@@ -509,16 +576,17 @@ class JobRunner:
         """Recompute every waiting job's position and wait, and re-show those that changed."""
         if self._stopping:
             return  # the waiting jobs' messages say the bot is restarting: never show them over that
-        estimate = self.service.estimate_seconds
-        running = self.queue.running
+        estimate = self.workers.estimate_seconds
+        # Work ahead is shared by the workers in rotation: with N of them a place in line waits about 1/N.
+        sharing = max(len(self.workers.in_rotation()), 1)
         ahead = 0.0
-        if running is not None:
+        for running in self.queue.running_jobs:
             total = estimate(running.request) or 0.0
             done = running.progress.step / running.progress.total if running.progress else 0.0
-            ahead = total * (1 - done)
+            ahead += total * (1 - done)
         for position, job in enumerate(self.queue.waiting(), start=1):
             own = estimate(job.request)
-            eta = ahead if own is not None else None
+            eta = ahead / sharing if own is not None else None
             if force or position != job.position:
                 job.position, job.eta_seconds = position, eta
                 self._show(job)
@@ -549,6 +617,7 @@ class JobRunner:
 
     async def _mark(self, job: ActiveJob, state: JobState, **fields) -> None:
         await self._update(job, state=state, **fields)
+        self.workers.job_state(state.value)
 
     async def _update(self, job: ActiveJob, **fields) -> None:
         job.record = await asyncio.to_thread(self.store.update, job.job_id, **fields)

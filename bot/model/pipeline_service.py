@@ -85,6 +85,11 @@ COMPILE_OPTIONS: dict = {"fullgraph": True}
 # minors rule): returns why it may not be used, or None. Called on the GPU thread.
 PromptCheck = Callable[[str], "str | None"]
 
+# Several devices load side by side (bot/model/devices.py), but from_pretrained builds each model on
+# the meta device by patching torch.nn.Module for the whole process; two at once can leave the patch in
+# place, and every later load fails. One from_pretrained at a time; warm-up still runs in parallel.
+_FROM_PRETRAINED_LOCK = threading.Lock()
+
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to change."""
@@ -387,7 +392,8 @@ class PipelineService:
             # CPU and then .to("cuda") (bench/RESULTS.md).
             kwargs["device_map"] = str(self.device)
         try:
-            pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
+            with _FROM_PRETRAINED_LOCK:
+                pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"could not load {settings.model_id}@{settings.model_revision} from the cache: {error}. "
