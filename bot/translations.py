@@ -1,0 +1,100 @@
+"""User-facing texts in the reader's language.
+
+Texts are written in English in the code and looked up in gettext catalogues: one `.po` file a language in
+`bot/locales/`, named by Discord's locale tag (`zh-CN.po`), read with Babel. A third language is a new file and
+no code. A missing or broken translation falls back to the English text, never to an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from babel.messages.pofile import read_po
+
+log = logging.getLogger(__name__)
+
+LOCALE_DIR = Path(__file__).with_name("locales")
+ENGLISH = "en-US"
+
+
+class Text:
+    """A text to show later, in a language not known yet: its English template and the values for its
+    `{placeholders}`. Values may be Texts themselves (a reason inside a sentence)."""
+
+    __slots__ = ("message", "values")
+
+    def __init__(self, message: str, /, **values: Any) -> None:
+        self.message = message
+        self.values = values
+
+    def render(self, locale: object | None = None) -> str:
+        return catalogues().render(self.message, locale, self.values)
+
+    def __str__(self) -> str:
+        return self.render(None)
+
+    def __repr__(self) -> str:
+        return f"Text({self.message!r}, **{self.values!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Text) and (self.message, self.values) == (other.message, other.values)
+
+    def __hash__(self) -> int:
+        return hash(self.message)
+
+
+def tr(locale: object | None, message: str, /, **values: Any) -> str:
+    """`message` in the language of `locale` (a Discord locale or its tag), with `values` filled in."""
+    return catalogues().render(message, locale, values)
+
+
+class Catalogues:
+    """Every catalogue in a folder, by locale tag."""
+
+    def __init__(self, directory: Path = LOCALE_DIR) -> None:
+        self.languages: dict[str, dict[str, str]] = {}
+        for path in sorted(directory.glob("*.po")):
+            with path.open("rb") as file:
+                catalogue = read_po(file, locale=None)
+            self.languages[path.stem] = {
+                message.id: message.string
+                for message in catalogue
+                if message.id and isinstance(message.id, str) and message.string and not message.fuzzy
+            }
+
+    def lookup(self, message: str, locale: object | None) -> str | None:
+        """The translation of `message` for `locale`, or None where there is none."""
+        tag = _tag(locale)
+        return self.languages.get(tag, {}).get(message) if tag else None
+
+    def render(self, message: str, locale: object | None, values: Mapping[str, Any]) -> str:
+        filled = {name: value.render(locale) if isinstance(value, Text) else value for name, value in values.items()}
+        translated = self.lookup(message, locale)
+        if translated is not None:
+            try:
+                return translated.format(**filled)
+            except (KeyError, IndexError, ValueError, AttributeError):
+                log.warning("the %s translation of %r is broken; showing the English text", _tag(locale), message)
+        return message.format(**filled) if filled else message
+
+
+@cache
+def catalogues() -> Catalogues:
+    return Catalogues()
+
+
+def placeholders(template: str) -> set[str]:
+    """The `{names}` a template expects, so a test can hold a translation to the same ones."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _tag(locale: object | None) -> str | None:
+    if locale is None:
+        return None
+    tag = str(getattr(locale, "value", locale))
+    return None if tag.startswith("en") else tag
