@@ -552,7 +552,7 @@ class PipelineService:
             )
         try:
             return self._run(request, progress, cancel, prompt_check)
-        except GenerationCancelled:
+        except GenerationError:  # cancelled, a missing style, ...: already says what happened
             raise
         except torch.OutOfMemoryError as error:
             self._free_memory()
