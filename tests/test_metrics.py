@@ -38,13 +38,14 @@ async def test_metrics_after_real_jobs(start_bot, discord_api):
     running.runner.delivery_retry_delays = (0.2,)
     alice, bob = discord_api.make_user("alice"), discord_api.make_user("bob")
     await delivered(discord_api, await imagine(discord_api, "one", alice, count=2))
-    # A delivery that fails once (Discord refuses the channel post) and then goes through.
+    # A delivery that fails once (Discord is briefly unavailable) and then goes through.
     await admin_command(discord_api, "pause")
     second = await imagine(discord_api, "two", bob)
     await discord_api.wait_for(lambda: len(running.runner.queue) == 1)
     paused = await scrape(port)
     discord_api.expire_token(second)
-    discord_api.fail_next("POST", r"/channels/\d+/messages", status=403, code=50013, message="Missing Permissions")
+    # The token has expired, so the result goes into the job's own message by its id, with the bot token.
+    discord_api.fail_next("PATCH", r"/channels/\d+/messages/\d+", status=503, message="Service Unavailable")
     await admin_command(discord_api, "resume")
     await discord_api.wait_for(lambda: running.bot.store.get(2).state.value == "delivered", 30)
 

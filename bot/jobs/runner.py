@@ -478,6 +478,7 @@ class JobRunner:
         try:
             await self._deliver(job, _files_of(job.record))
         except Undeliverable as error:
+            self.workers.delivery_failed()
             log.warning("job %d cannot be delivered: %s", job.job_id, error)
             await self._mark(job, JobState.UNDELIVERABLE, error=str(error), finished_at=time.time())
             self._settle(job)
