@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             MODEL_ID=BENCH_REPO_ID,
             DEVICE=config,
             WORKERS=args.workers,
+            SAFETY_MODEL="",  # throughput of the pipeline alone, comparable with the other phases
             IMAGE_SIZES=size,
             DEFAULT_STEPS=str(steps),
             DATA_DIR=str(work / "data" / "scaling"),  # the compile cache, shared by the runs

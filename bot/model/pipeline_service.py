@@ -512,7 +512,7 @@ class PipelineService:
                 replace(base, style=self.styles.names[0], style_weight=self.styles.default_weight(self.styles.names[0]))
             )
         for job in jobs:
-            result = self._generate(job, None, CancelToken())
+            result = self._run(job, None, CancelToken())
             log.info("warm-up: image-to-image at %s took %.1f s", job.size, result.seconds)
             # First calls are no speed figure for the queue's estimates.
             self._seconds_per_image.pop((job.size, job.steps_to_run), None)
