@@ -131,10 +131,10 @@ async def measure(config: str, jobs: int, size: str, steps: int) -> dict:
     figures["ready_s"] = time.perf_counter() - begun
     try:
         request = GenerationRequest("a lighthouse on a cliff at sunset", ImageSize.parse(size), steps, seed=0)
-        queue = await run_jobs(settings, pool, [(1, request.with_seed(n)) for n in range(jobs)])
+        queue = await run_jobs(settings, pool, [(1, replace(request, seed=n)) for n in range(jobs)])
         figures["queue"] = queue
-        heavy = [(1, request.with_seed(n)) for n in range(FAIRNESS_HEAVY)]
-        light = [(user, request.with_seed(100 * user + n)) for user in (2, 3) for n in range(FAIRNESS_LIGHT)]
+        heavy = [(1, replace(request, seed=n)) for n in range(FAIRNESS_HEAVY)]
+        light = [(user, replace(request, seed=100 * user + n)) for user in (2, 3) for n in range(FAIRNESS_LIGHT)]
         fairness = await run_jobs(settings, pool, heavy + light, fairness=True)
         figures["fairness"] = fairness
     finally:
