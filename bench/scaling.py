@@ -209,7 +209,7 @@ async def run_jobs(settings, pool, jobs: list, *, fairness: bool = False, timeou
         users = sorted({user for user, _ in jobs})
         records = [r for user in users for r in await asyncio.to_thread(store.recent_for_user, user, len(jobs))]
     finally:
-        await runner.stop(grace=5.0)
+        await runner.stop(timeout=15.0)
         store.close()
     workers = max(len(pool.in_rotation()), 1)
     generation = sum(record.seconds or 0.0 for record in records)
