@@ -476,11 +476,13 @@ class ImagineModal(discord.ui.Modal):
             placeholder=tr(locale, "What to make of the picture. Flags work too: --seed 42"),
         )
         self.strength: discord.ui.TextInput = discord.ui.TextInput(
-            label=tr(locale, "Strength (0.05 keeps the picture, 1 redraws it all)"),
+            label=tr(locale, "Strength (0.05 to 1)"),
             custom_id="strength",
             required=False,
             max_length=6,
-            placeholder=f"{DEFAULT_STRENGTH:g}",
+            placeholder=tr(
+                locale, "{default}: 0.05 keeps the picture, 1 redraws it all", default=f"{DEFAULT_STRENGTH:g}"
+            ),
         )
         self.add_item(self.prompt)
         self.add_item(self.strength)
