@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from bot.guild_settings import EnhanceDefault
 from bot.image_files import read_parameters
 from bot.jobs.runner import enhanced_prompt_check
 from test_generation_cog import delivered, reply_text
+from tiny_model import TINY_REPO_ID
 
 SIZES = "64x64,96x64,64x96"
 
@@ -218,51 +220,59 @@ def set_enhance_default(running, discord_api, value: EnhanceDefault) -> None:
     store.save_guild_settings(replace(settings, enhance_default=value))
 
 
-async def test_enhance_with_each_server_setting_and_the_prompt_check(start_bot, discord_api):
-    running = await start_bot(IMAGE_SIZES=SIZES)
-    if running.bot.service.enhancer_status != "on":
-        pytest.skip(f"the tiny model's enhancer is {running.bot.service.enhancer_status}")
+@pytest.fixture
+def rewriting_service(tiny_settings):
+    """A service whose enhancer writes clean text (see test_enhancer.rewriting_service): the tiny model's
+    own noise, stopped where it is a usable prompt."""
+    from diffusers import ZImagePipeline
+
+    from bot.model.pipeline_service import PipelineService
+    from test_enhancer import GENEROUS_S, TEST_TOKENS, clean_rewrite, make_enhancer
+
+    seed, stop, text = clean_rewrite(make_enhancer(ZImagePipeline.from_pretrained(TINY_REPO_ID, local_files_only=True)))
+    options = {"stop_token_ids": (stop,), "time_limit_s": GENEROUS_S, "max_new_tokens": TEST_TOKENS}
+    service = PipelineService(tiny_settings, enhancer_options=options)
+    service.load(warm_up=False)
+    yield service, seed, text
+    service.close()
+
+
+async def test_enhance_with_each_server_setting_and_the_prompt_check(start_bot, discord_api, rewriting_service):
+    from test_enhancer import PROMPT
+
+    service, seed, text = rewriting_service
+    running = await start_bot(IMAGE_SIZES=SIZES, service=service)
+    assert service.enhancer_status == "on"
     # off (the default): only when asked.
-    plain = await delivered(discord_api, await discord_api.invoke("imagine", {"prompt": "a quiet harbour", "seed": 3}))
+    plain = await delivered(discord_api, await discord_api.invoke("imagine", {"prompt": PROMPT, "seed": seed}), 60)
     assert running.bot.store.get(1).enhance is False
-    asked = await discord_api.invoke("imagine", {"prompt": "a quiet harbour", "seed": 3, "enhance": True})
-    result = await delivered(discord_api, asked)
+    asked = await discord_api.invoke("imagine", {"prompt": PROMPT, "seed": seed, "enhance": True})
+    result = await delivered(discord_api, asked, 60)
     record = running.bot.store.get(2)
-    assert record.enhance is True
+    assert record.enhance is True and record.enhanced_prompt == text
     fields = {field["name"]: field["value"] for field in result.embeds[0]["fields"]}
-    assert result.embeds[0]["title"] == "a quiet harbour"  # the original stays
-    if record.enhanced_prompt:
-        assert fields["Enhanced prompt (used)"] == record.enhanced_prompt[:1024]
-    else:
-        assert record.enhancement_note in fields["Prompt enhancer"]
+    assert result.embeds[0]["title"] == PROMPT  # the original stays, the rewrite beside it
+    assert fields["Enhanced prompt (used)"] == text[:1024]
 
     # on: members get it unless they say enhance:false.
     set_enhance_default(running, discord_api, EnhanceDefault.ON)
-    await delivered(discord_api, await discord_api.invoke("imagine", {"prompt": "a boat"}))
-    await delivered(discord_api, await discord_api.invoke("imagine", {"prompt": "a boat", "enhance": False}))
+    await delivered(discord_api, await discord_api.invoke("imagine", {"prompt": "a boat"}), 60)
+    await delivered(discord_api, await discord_api.invoke("imagine", {"prompt": "a boat", "enhance": False}), 60)
     assert (running.bot.store.get(3).enhance, running.bot.store.get(4).enhance) == (True, False)
 
-    # The Enhance button: the original prompt, enhanced, the same seed. An enhanced prompt with a word
-    # the server blocks is not drawn: the original is, and the message says why.
-    if record.enhanced_prompt:
-        word = next(w for w in record.enhanced_prompt.split() if w.isalpha() and w.lower() not in "a quiet harbour")
-        store = running.bot.store
-        settings = store.guild_settings(int(discord_api.guild_id))
-        store.save_guild_settings(replace(settings, blocked_words=(word.lower(),)))
+    # The Enhance button: the original prompt, enhanced, with the same seed. The rewrite holds a word
+    # the server blocks now, so it is not drawn: the original is, and the message says why.
+    word = next(w for w in re.findall(r"[^\W\d_]{3,}", text) if w.lower() not in PROMPT.lower())
+    store = running.bot.store
+    store.save_guild_settings(replace(store.guild_settings(int(discord_api.guild_id)), blocked_words=(word.lower(),)))
     again = await discord_api.click(plain, "zimage:enhance:1")
-    enhanced = await delivered(discord_api, again)
-    redo = running.bot.store.get(5)
-    assert (redo.kind, redo.parent_id, redo.seed, redo.prompt, redo.enhance) == (
-        "enhance",
-        1,
-        3,
-        "a quiet harbour",
-        True,
-    )
-    if record.enhanced_prompt:
-        assert redo.enhanced_prompt is None and "which this server blocks" in redo.enhancement_note
-        fields = {field["name"]: field["value"] for field in enhanced.embeds[0]["fields"]}
-        assert "which this server blocks" in fields["Prompt enhancer"]
+    enhanced = await delivered(discord_api, again, 60)
+    redo = store.get(5)
+    assert (redo.kind, redo.parent_id, redo.seed, redo.prompt, redo.enhance) == ("enhance", 1, seed, PROMPT, True)
+    assert redo.enhanced_prompt is None and "which this server blocks" in redo.enhancement_note
+    fields = {field["name"]: field["value"] for field in enhanced.embeds[0]["fields"]}
+    assert "which this server blocks" in fields["Prompt enhancer"]
+    assert read_parameters(enhanced.attachments[0].data).startswith(PROMPT + "\n")
 
     # forbidden: refused, for the option and the button; nothing queued.
     set_enhance_default(running, discord_api, EnhanceDefault.FORBIDDEN)
@@ -272,7 +282,7 @@ async def test_enhance_with_each_server_setting_and_the_prompt_check(start_bot, 
     button = await discord_api.click(plain, "zimage:enhance:1")
     answer = await reply_text(discord_api, button)
     assert answer.ephemeral and "does not allow the prompt enhancer" in answer.content
-    assert running.bot.store.get(6) is None
+    assert store.get(6) is None
 
 
 async def test_enhance_asked_for_on_a_bot_with_enhancer_off(start_bot, discord_api):
