@@ -11,6 +11,7 @@ from pathlib import Path
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.discord_bot.error_tree import NotAllowed, answer_privately_from_now_on, report_error
@@ -277,24 +278,33 @@ class Generation(commands.Cog):
         return None if status == "on" else status
 
     @app_commands.command(name="cancel")
-    @app_commands.describe(job="The job number (shown under each image and in /history)")
+    @app_commands.describe(job=locale_str("The job number (shown under each image and in /history)"))
     async def cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
         """Cancel a queued or running job (yours, or any if you are an admin)."""
         await self.cancel_job(interaction, job)
 
     async def cancel_job(self, interaction: discord.Interaction, job_id: int) -> None:
-        record = await self._stored_job(job_id)  # one short read; everything slow comes after the answer
+        record = await self._stored_job(
+            job_id, interaction.locale
+        )  # one short read; everything slow comes after the answer
         await require_job_manager(interaction, record, "cancel it")
         await interaction.response.defer(ephemeral=True, thinking=True)
         outcome = await self.runner.cancel(job_id, interaction.user.id)
-        await interaction.followup.send(f"Job {job_id}: {outcome}.", ephemeral=True)
+        await interaction.followup.send(
+            tr(interaction.locale, "Job {job_id}: {outcome}.", job_id=job_id, outcome=outcome), ephemeral=True
+        )
 
-    async def _stored_job(self, job_id: int) -> JobRecord:
+    async def _stored_job(self, job_id: int, locale: object | None = None) -> JobRecord:
         record = await asyncio.to_thread(self.bot.store.get, job_id)
         if record is None:
             raise InvalidRequest(
-                f"Job {job_id} no longer exists (old jobs are removed after {self.settings.retention_days} days). "
-                "Use /imagine to make a new one."
+                tr(
+                    locale,
+                    "Job {job_id} no longer exists (old jobs are removed after {days} days). "
+                    "Use /imagine to make a new one.",
+                    job_id=job_id,
+                    days=self.settings.retention_days,
+                )
             )
         return record
 
@@ -307,11 +317,13 @@ class Generation(commands.Cog):
         if action == "cancel":
             await self.cancel_job(interaction, job_id)
             return
-        record = await self._stored_job(job_id)
+        record = await self._stored_job(job_id, interaction.locale)
         if action == "info":
             if not await may_see_job(interaction, record):
                 raise InvalidRequest(no_such_job(job_id))
-            await interaction.response.send_message(embed=info_embed(record, self.settings.model_id), ephemeral=True)
+            await interaction.response.send_message(
+                embed=info_embed(record, self.settings.model_id, interaction.locale), ephemeral=True
+            )
         elif action in ("reroll", "variations"):
             count = record.count if action == "reroll" else MAX_COUNT
             request = GenerationRequest(
@@ -399,16 +411,18 @@ def _imagine_command(cog: Generation) -> app_commands.Command:
     styles = [app_commands.Choice(name=lora.name, value=lora.name) for lora in cog.settings.loras]
 
     describe = app_commands.describe(
-        prompt="What to draw. Flags work too: --ar 16:9 --seed 42 --no text --steps 8",
-        size="Width x height in pixels",
-        seed="Same prompt, size, steps and seed give the same picture",
-        steps="More steps: slower, sometimes finer",
-        negative_prompt="What to avoid (only used when guidance is above 0)",
-        guidance="Prompt adherence; Turbo is made for 0",
-        count="How many pictures (1-4)",
-        image="A picture to start from (PNG, JPEG, WebP or GIF, at most 25 MB)",
-        strength="With a picture: how much of it is redrawn, 0.05 (keep it) to 1 (redraw it all); 0.6 if not given",
-        enhance="Let the bot rewrite your prompt in more detail before drawing",
+        prompt=locale_str("What to draw. Flags work too: --ar 16:9 --seed 42 --no text --steps 8"),
+        size=locale_str("Width x height in pixels"),
+        seed=locale_str("Same prompt, size, steps and seed give the same picture"),
+        steps=locale_str("More steps: slower, sometimes finer"),
+        negative_prompt=locale_str("What to avoid (only used when guidance is above 0)"),
+        guidance=locale_str("Prompt adherence; Turbo is made for 0"),
+        count=locale_str("How many pictures (1-4)"),
+        image=locale_str("A picture to start from (PNG, JPEG, WebP or GIF, at most 25 MB)"),
+        strength=locale_str(
+            "With a picture: how much of it is redrawn, 0.05 (keep it) to 1 (redraw it all); 0.6 if not given"
+        ),
+        enhance=locale_str("Let the bot rewrite your prompt in more detail before drawing"),
     )
 
     async def imagine(
@@ -456,7 +470,9 @@ def _imagine_command(cog: Generation) -> app_commands.Command:
 
     # `style` only when LORAS is set (CONTRACT.md): without styles the command has no such option at all.
     if styles:
-        styled = app_commands.describe(style="A style (LoRA) set up on this bot")(describe(imagine_with_style))
+        styled = app_commands.describe(style=locale_str("A style (LoRA) set up on this bot"))(
+            describe(imagine_with_style)
+        )
         return app_commands.command(name="imagine")(app_commands.choices(size=sizes, style=styles)(styled))
     return app_commands.command(name="imagine")(app_commands.choices(size=sizes)(describe(imagine)))
 

@@ -127,6 +127,7 @@ class DiscordUser:
     id: str
     name: str
     admin: bool = False
+    locale: str = "en-US"  # the language of the user's Discord client, sent with each interaction
 
     def payload(self) -> dict:
         return {"id": self.id, "username": self.name, "global_name": None, "discriminator": "0", "avatar": None}
@@ -795,7 +796,7 @@ class DiscordDouble:
             "data": data,
             "attachment_size_limit": self.attachment_size_limit,
             "app_permissions": str(self.bot_permissions),
-            "locale": "en-US",
+            "locale": user.locale,
             "entitlements": [],
         }
         roles = record_fields.pop("roles", None) or []

@@ -301,3 +301,43 @@ def test_the_enhanced_prompt_check():
     assert check("a castle at dawn") is None
     assert "dragon" in check("a red Dragon over a castle")
     assert check("a sexy schoolgirl") is not None
+
+
+async def test_a_chinese_client_gets_chinese_answers(start_bot, discord_api):
+    running = await start_bot(IMAGE_SIZES=SIZES)
+    user = discord_api.make_user("li")
+    user.locale = "zh-CN"
+    interaction = await discord_api.invoke("imagine", {"prompt": "一只猫", "strength": 0.4}, user=user)
+    answer = await reply_text(discord_api, interaction)
+    assert answer.ephemeral and "重绘强度只在从图片开始时有效" in answer.content
+    plain = discord_api.post_user_message("没有图片", user=user)
+    menu = await discord_api.invoke_message_command("Imagine from image", plain, user=user)
+    answer = await reply_text(discord_api, menu)
+    assert "这条消息没有图片" in answer.content
+    posted = discord_api.post_user_message("图", user=user, attachments=[discord_api.upload("a.png", png(80, 80))])
+    opened = await discord_api.invoke_message_command("Imagine from image", posted, user=user)
+    await discord_api.wait_for(lambda: opened.modal is not None)
+    assert opened.modal["title"] == "以图生图"
+    assert nothing_queued(running)
+
+
+def test_result_buttons_in_the_requesters_language():
+    from bot.discord_bot.job_messages import result_view
+
+    view = result_view(7, 1, "zh-CN")
+    assert [item.item.label for item in view.children] == [
+        "重新生成",
+        "多个变体",
+        "信息",
+        "删除",
+        "放大",
+        "变化（轻微）",
+        "变化（强烈）",
+        "增强",
+    ]
+    assert [item.item.custom_id for item in view.children][4:] == [
+        "zimage:upscale:7:0",
+        "zimage:vary-subtle:7:0",
+        "zimage:vary-strong:7:0",
+        "zimage:enhance:7",
+    ]

@@ -80,6 +80,12 @@ class JobButton(
             await handler.on_button_error(interaction, error)
 
 
+def requester_locale(job) -> object | None:
+    """The language of a job's requester, for messages that outlive the interaction (None: English).
+    Read from the stored record's `locale` where the store keeps one."""
+    return getattr(job.record, "locale", None)
+
+
 def quote(text: str, limit: int = PROMPT_PREVIEW) -> str:
     text = " ".join(text.split())
     if len(text) > limit:
@@ -96,7 +102,7 @@ def format_seconds(seconds: float) -> str:
 
 def status_text(job, paused: bool) -> str:
     """The live line of a waiting or running job (`job` is a runner.ActiveJob), in its requester's language."""
-    locale = getattr(job.record, "locale", None)
+    locale = requester_locale(job)
     prompt = quote(job.request.prompt) + "".join(f"\n-# {note}" for note in getattr(job, "notes", ()))
     if job.progress is not None:
         step = job.progress
