@@ -326,15 +326,12 @@ class Generation(commands.Cog):
             )
         elif action in ("reroll", "variations"):
             count = record.count if action == "reroll" else MAX_COUNT
-            request = GenerationRequest(
-                prompt=record.prompt,
-                size=ImageSize(record.width, record.height),
-                steps=record.steps,
-                seed=random_seed(),
-                negative_prompt=record.negative_prompt,
-                guidance=record.guidance,
-                count=count,
-            )
+            # The same job with new seeds: from the same picture and in the same style, if it had them.
+            request = replace(record_to_request(record), seed=random_seed(), count=count)
+            if request.source_image is not None:
+                await self._check_source(interaction, record.id, request.source_image)
+            if request.enhance:
+                request = replace(request, enhance=await self._still_enhances(interaction))
             await self.enqueue(interaction, request, kind=action, parent_id=job_id)
         elif action in IMAGE_BUTTONS:
             await self.redraw_image(interaction, record, action, index)
@@ -356,17 +353,7 @@ class Generation(commands.Cog):
             raise InvalidRequest(
                 tr(locale, "Job {job_id} has no picture number {number}.", job_id=record.id, number=index + 1)
             )
-        try:
-            source = await asyncio.to_thread(source_of_file, Path(record.output_files[index]))
-        except InvalidRequest:
-            raise InvalidRequest(
-                tr(
-                    locale,
-                    "The pictures of job {job_id} were removed (old results are deleted after a while). "
-                    "Use /imagine to make a new one.",
-                    job_id=record.id,
-                )
-            ) from None
+        source = await self._check_source(interaction, record.id, record.output_files[index])
         strength, keep_seed = IMAGE_BUTTONS[action]
         # The prompt that made the picture (the enhanced one, if it was), not enhanced again.
         base = replace(record_to_request(record), prompt=record.enhanced_prompt or record.prompt, enhance=False)
@@ -383,8 +370,30 @@ class Generation(commands.Cog):
         await self.resolve_enhance(interaction, True)
         request = replace(record_to_request(record), enhance=True)
         if request.source_image is not None:
-            await asyncio.to_thread(source_of_file, Path(request.source_image))  # removed by retention: say so
+            await self._check_source(interaction, record.id, request.source_image)
         await self.enqueue(interaction, request, kind="enhance", parent_id=record.id)
+
+    async def _check_source(self, interaction: discord.Interaction, job_id: int | None, path: str) -> SavedInput:
+        """A job's picture, to start a new job from; refused clearly when retention removed it."""
+        try:
+            return await asyncio.to_thread(source_of_file, Path(path))
+        except InvalidRequest:
+            raise InvalidRequest(
+                tr(
+                    interaction.locale,
+                    "The pictures of job {job_id} were removed (old results are deleted after a while). "
+                    "Use /imagine to make a new one.",
+                    job_id=job_id,
+                )
+            ) from None
+
+    async def _still_enhances(self, interaction: discord.Interaction) -> bool:
+        """Reroll and Variations of an enhanced job enhance again, unless the server forbids it now or the
+        enhancer is off: then they draw the original prompt rather than refuse a button that did not ask."""
+        try:
+            return await self.resolve_enhance(interaction, True)
+        except (NotAllowed, InvalidRequest):
+            return False
 
     # ----- the "Imagine from image" context menu -----------------------------------------------
 

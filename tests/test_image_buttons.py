@@ -119,6 +119,30 @@ async def test_a_failed_download_and_a_misplaced_strength_are_refused(start_bot,
     assert nothing_queued(running)
 
 
+async def test_a_download_that_takes_too_long_is_given_up(start_bot, discord_api, monkeypatch):
+    import sys
+
+    running = await start_bot(IMAGE_SIZES=SIZES)
+    # The 30 s limit, shortened, in the cog module as the bot loaded it (as an extension).
+    monkeypatch.setattr(sys.modules["cogs.generation"], "DOWNLOAD_TIMEOUT", 0.5)
+    discord_api.cdn_delay = 2.0
+    picture = discord_api.upload("slow.png", png(100, 100), "image/png")
+    interaction = await discord_api.invoke("imagine", {"prompt": "a cat", "image": picture})
+    message = await private_answer(discord_api, interaction)
+    assert message.ephemeral and "took too long" in message.content and interaction.ack_delay < 3
+    assert nothing_queued(running)
+
+
+async def test_reroll_of_a_job_from_a_picture_starts_from_the_same_picture(start_bot, discord_api):
+    running = await start_bot(IMAGE_SIZES=SIZES)
+    picture = discord_api.upload("square.png", png(100, 100), "image/png")
+    first = await delivered(discord_api, await discord_api.invoke("imagine", {"prompt": "a pond", "image": picture}))
+    reroll = await discord_api.click(first, "zimage:reroll:1")
+    await delivered(discord_api, reroll)
+    one, two = running.bot.store.get(1), running.bot.store.get(2)
+    assert (two.source_image, two.strength, two.kind) == (one.source_image, 0.6, "reroll") and two.seed != one.seed
+
+
 async def test_the_context_menu_and_its_modal(start_bot, discord_api):
     running = await start_bot(IMAGE_SIZES=SIZES)
     user = discord_api.make_user("bob")
