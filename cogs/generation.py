@@ -539,7 +539,8 @@ class ImagineModal(discord.ui.Modal):
             size_given="--ar" in self.prompt.value,
         )
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+    # Modal.on_error takes no item (discord.py types it as the base View's, which does).
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
         await report_error(interaction, error)
 
 
