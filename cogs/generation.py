@@ -474,7 +474,7 @@ def _imagine_command(cog: Generation) -> app_commands.Command:
             strength=strength,
             style=style,
             enhance=enhance,
-            size_given=size is not None or "--ar" in prompt,
+            size_given=size is not None or parse_prompt_flags(prompt).aspect is not None,
         )
 
     # `style` only when LORAS is set (CONTRACT.md): without styles the command has no such option at all.
@@ -536,7 +536,7 @@ class ImagineModal(discord.ui.Modal):
             strength=strength,
             style=None,
             enhance=None,
-            size_given="--ar" in self.prompt.value,
+            size_given=parse_prompt_flags(self.prompt.value).aspect is not None,
         )
 
     # Modal.on_error takes no item (discord.py types it as the base View's, which does).

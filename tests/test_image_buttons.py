@@ -230,12 +230,37 @@ async def test_style_is_offered_only_with_loras(start_bot, discord_api):
     assert (strength["min_value"], strength["max_value"]) == (0.05, 1.0)
 
 
-async def test_style_choices_come_from_loras(start_bot, discord_api, tmp_path):
-    # Only the command's declaration: the styles themselves are loaded by the model side (test_image_to_image).
-    await start_bot(IMAGE_SIZES=SIZES, LORAS=f"ink={tmp_path / 'ink.safetensors'},sketch=org/sketch:0.6")
-    _, command = discord_api.command("imagine")
-    style = next(option for option in command["options"] if option["name"] == "style")
-    assert [choice["value"] for choice in style["choices"]] == ["ink", "sketch"]
+async def test_a_style_chosen_in_imagine_is_drawn_and_kept_by_upscale(start_bot, discord_api, hub_cache, tmp_path):
+    from bot.model.pipeline_service import PipelineService
+    from bot.settings import Settings
+    from conftest import tiny_env
+    from tiny_lora import build_tiny_lora
+
+    ink = build_tiny_lora(hub_cache, tmp_path / "ink", seed=1)
+    loras = f"ink={ink}:0.8"
+    service = PipelineService(Settings.from_env(tiny_env(tmp_path / "service", hub_cache, LORAS=loras)))
+    service.load(warm_up=False)
+    try:
+        running = await start_bot(IMAGE_SIZES=SIZES, LORAS=loras, service=service)
+        _, command = discord_api.command("imagine")
+        style = next(option for option in command["options"] if option["name"] == "style")
+        assert [choice["value"] for choice in style["choices"]] == ["ink"]
+        result = await delivered(
+            discord_api, await discord_api.invoke("imagine", {"prompt": "a hut", "style": "ink", "seed": 2}), 60
+        )
+        assert "Lora: ink:0.8" in read_parameters(result.attachments[0].data)
+        fields = {field["name"]: field["value"] for field in result.embeds[0]["fields"]}
+        assert fields["Style"] == "ink"
+        upscaled = await delivered(discord_api, await discord_api.click(result, "zimage:upscale:1:0"), 60)
+        assert "Lora: ink:0.8" in read_parameters(upscaled.attachments[0].data)
+        # A client sending a style the bot does not have is told which there are.
+        wrong = await discord_api.invoke("imagine", {"prompt": "a hut", "style": "oil"}, unchecked=True)
+        answer = await reply_text(discord_api, wrong)
+        assert answer.ephemeral and "Style oil is not offered; choose one of: ink." in answer.content
+        assert running.bot.store.get(3) is None
+        await running.stop()
+    finally:
+        service.close()
 
 
 def set_enhance_default(running, discord_api, value: EnhanceDefault) -> None:
