@@ -136,7 +136,8 @@ async def start_bot(discord_api, loaded_service, tmp_path):
 
     started: list[RunningBot] = []
 
-    async def start(*, busy_timeout: float | None = None, **overrides: str) -> RunningBot:
+    async def start(*, busy_timeout: float | None = None, service=None, **overrides: str) -> RunningBot:
+        """`service`: another model service than the shared one (one with a working enhancer, say)."""
         env = tiny_env(
             tmp_path,
             DISCORD_API_BASE=discord_api.api_base,
@@ -152,7 +153,7 @@ async def start_bot(discord_api, loaded_service, tmp_path):
             if busy_timeout is None
             else JobStore(settings.data_dir, busy_timeout=busy_timeout)
         )
-        bot = ZImageBot(settings, loaded_service, store, guild_ready_timeout=0.05)
+        bot = ZImageBot(settings, service or loaded_service, store, guild_ready_timeout=0.05)
         task = asyncio.create_task(serve(bot, discord_api.valid_token))
         await discord_api.wait_for(lambda: bot.is_ready() or task.done(), timeout=15)
         if task.done():

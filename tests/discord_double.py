@@ -127,6 +127,7 @@ class DiscordUser:
     id: str
     name: str
     admin: bool = False
+    locale: str = "en-US"  # the language of the user's Discord client, sent with each interaction
 
     def payload(self) -> dict:
         return {"id": self.id, "username": self.name, "global_name": None, "discriminator": "0", "avatar": None}
@@ -139,6 +140,7 @@ class Attachment:
     data: bytes
     content_type: str | None = None
     description: str | None = None
+    announced_size: int | None = None  # the size Discord announces, when a test makes it differ from the bytes
 
 
 @dataclass
@@ -156,6 +158,7 @@ class MessageRecord:
     history: list[tuple[float, dict]] = field(default_factory=list)  # (monotonic time, payload)
     deleted: bool = False
     nonce: str | None = None  # as the bot sent it when creating the message
+    author: DiscordUser | None = None  # None: the bot; else a user's message (post_user_message)
 
     @property
     def ephemeral(self) -> bool:
@@ -276,6 +279,8 @@ def _walk(components: list) -> list[dict]:
     for component in components or []:
         found.append(component)
         found.extend(_walk(component.get("components", [])))
+        if "component" in component:  # a label (type 18) holds one component
+            found.extend(_walk([component["component"]]))
         if "accessory" in component:
             found.append(component["accessory"])
     return found
@@ -341,6 +346,10 @@ class DiscordDouble:
         self.requests: list[RequestRecord] = []
         self.violations: list[str] = []
         self.unhandled: list[str] = []  # requests for routes the double does not serve
+        self.uploads: dict[str, Attachment] = {}  # attachments users sent, served by the CDN route
+        self.cdn_requests: list[str] = []  # attachment ids fetched from the CDN
+        self.cdn_delay = 0.0  # seconds the CDN waits before answering
+        self.cdn_fail_status: int | None = None  # the CDN answers every request with this status
         self.rate_limit_hits: list[str] = []  # edit-rate 429s the bot earned on its own
         self.identify_count = self.resume_count = 0
         self.identify_times: list[float] = []  # time.monotonic() of each IDENTIFY
@@ -382,6 +391,7 @@ class DiscordDouble:
         r.add_get(a + "/channels/{cid}", self._get_channel)
         r.add_post(a + "/channels/{cid}/messages", self._channel_post)
         r.add_route("*", a + "/channels/{cid}/messages/{mid}", self._channel_message)
+        r.add_get("/attachments/{aid}/{filename}", self._cdn)  # Discord's CDN, outside the API
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -471,11 +481,12 @@ class DiscordDouble:
     def guild_of(self, channel_id: str) -> str | None:
         return self.channels.get(str(channel_id), {}).get("guild_id")
 
-    def command(self, name: str) -> tuple[str | None, dict]:
-        """The synced definition of /name and its scope (guild id, or None for global)."""
+    def command(self, name: str, kind: int = 1) -> tuple[str | None, dict]:
+        """The synced definition of /name (or of a context menu: `kind` 2 user, 3 message) and its scope
+        (guild id, or None for global)."""
         for scope in (self.guild_id, None):
             for definition in self.synced_commands.get(scope, []):
-                if definition["name"] == name and definition.get("type", 1) == 1:
+                if definition["name"] == name and definition.get("type", 1) == kind:
                     return scope, definition
         raise LookupError(f"/{name} was never synced; synced: {self.synced_commands}")
 
@@ -614,6 +625,106 @@ class DiscordDouble:
             3, data, user, permissions, in_guild, msg.channel_id, custom_id=custom_id, message=msg, roles=roles
         )
 
+    def upload(
+        self, filename: str, data: bytes, content_type: str | None = None, *, size: int | None = None
+    ) -> Attachment:
+        """An attachment a user sends (to a command option or in a message), served by the CDN route.
+        `size` is what Discord announces, when a test wants it to differ from the bytes served."""
+        attachment = Attachment(self.next_id(), filename, data, content_type, announced_size=size)
+        self.uploads[attachment.id] = attachment
+        return attachment
+
+    def post_user_message(
+        self,
+        content: str,
+        *,
+        user: DiscordUser | None = None,
+        attachments: list[Attachment] = (),
+        channel: str | None = None,
+    ) -> MessageRecord:
+        """A message a user posted in a channel (for message context menus)."""
+        channel_id = channel or self.channel_id
+        message = MessageRecord(self.next_id(), channel_id, content=content, attachments=list(attachments))
+        message.author = user or self.default_user
+        message.history.append((time.monotonic(), {"content": content}))
+        for attachment in attachments:
+            self.uploads[attachment.id] = attachment
+        self.messages[message.id] = message
+        return message
+
+    async def invoke_message_command(
+        self, name: str, message: MessageRecord, *, user: DiscordUser | None = None
+    ) -> InteractionRecord:
+        """A user picks the message context menu `name` on `message` (an application command of type 3)."""
+        scope, command = self.command(name, kind=3)
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": name,
+            "type": 3,
+            "target_id": message.id,
+            "resolved": {"messages": {message.id: self._message_payload(message)}},
+        }
+        if scope is not None:
+            data["guild_id"] = scope
+        return await self._dispatch_interaction(2, data, user, None, True, message.channel_id, name=name)
+
+    async def submit_modal(
+        self, opened_by: InteractionRecord, values: dict[str, str], *, user: DiscordUser | None = None
+    ) -> InteractionRecord:
+        """The user fills in the modal the bot answered `opened_by` with (text inputs by custom_id) and submits it."""
+        modal = opened_by.modal
+        if modal is None:
+            raise ValueError("the bot answered that interaction without a modal")
+        inputs = [c for c in _walk(modal.get("components") or []) if c.get("type") == 4]
+        unknown = set(values) - {c["custom_id"] for c in inputs}
+        if unknown:
+            raise ValueError(
+                f"the modal has no text input {sorted(unknown)}; it has {[c['custom_id'] for c in inputs]}"
+            )
+        missing = [c["custom_id"] for c in inputs if c.get("required", True) and not values.get(c["custom_id"])]
+        if missing:
+            raise ValueError(f"Discord's client would not submit the modal without {missing}")
+        rows = [
+            {
+                "type": 1,
+                "components": [{"type": 4, "custom_id": c["custom_id"], "value": values.get(c["custom_id"], "")}],
+            }
+            for c in inputs
+        ]
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        return await self._dispatch_interaction(
+            5, data, user or opened_by.user, None, True, opened_by.channel_id, custom_id=modal["custom_id"]
+        )
+
+    def _attachment_payload(self, a: Attachment) -> dict:
+        payload = {
+            "id": a.id,
+            "filename": a.filename,
+            "size": len(a.data) if a.announced_size is None else a.announced_size,
+            "url": f"{self.http_base}/attachments/{a.id}/{a.filename}",
+            "proxy_url": f"{self.http_base}/attachments/{a.id}/{a.filename}",
+        }
+        if a.content_type is not None:
+            payload["content_type"] = a.content_type
+        if a.description is not None:
+            payload["description"] = a.description
+        return payload
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        attachment_id = request.match_info["aid"]
+        self.cdn_requests.append(attachment_id)
+        self._changed()
+        if self.cdn_delay:
+            await asyncio.sleep(self.cdn_delay)
+        if self.cdn_fail_status is not None:
+            return web.Response(status=self.cdn_fail_status, text="CDN error")
+        attachment = self.uploads.get(attachment_id) or next(
+            (a for m in self.messages.values() for a in m.attachments if a.id == attachment_id), None
+        )
+        if attachment is None or attachment.filename != request.match_info["filename"]:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=attachment.data, content_type=attachment.content_type or "application/octet-stream")
+
     # interactions
 
     def _typed_options(self, command: dict, values: dict, resolved_out: dict, *, checked: bool = True) -> list[dict]:
@@ -652,6 +763,11 @@ class DiscordDouble:
                     {"id": value, "name": "unknown", "permissions": "0", "position": 0},
                 )
                 resolved_out.setdefault("roles", {})[value] = _role(role)
+            elif kind == 11:  # attachment: the id, and the attachment in "resolved"
+                attachment = value if isinstance(value, Attachment) else self.uploads[str(value)]
+                self.uploads[attachment.id] = attachment
+                resolved_out.setdefault("attachments", {})[attachment.id] = self._attachment_payload(attachment)
+                value = attachment.id
             elif kind not in (3, 4, 5, 10):
                 raise NotImplementedError(f"option type {kind} is not simulated")
             typed.append({"name": name, "type": kind, "value": value})
@@ -680,7 +796,7 @@ class DiscordDouble:
             "data": data,
             "attachment_size_limit": self.attachment_size_limit,
             "app_permissions": str(self.bot_permissions),
-            "locale": "en-US",
+            "locale": user.locale,
             "entitlements": [],
         }
         roles = record_fields.pop("roles", None) or []
@@ -938,19 +1054,10 @@ class DiscordDouble:
             "embeds": message.embeds,
             "components": message.components,
             "flags": message.flags,
-            "attachments": [
-                {
-                    "id": a.id,
-                    "filename": a.filename,
-                    "size": len(a.data),
-                    "content_type": a.content_type,
-                    "description": a.description,
-                    "url": f"{self.http_base}/attachments/{a.id}/{a.filename}",
-                    "proxy_url": f"{self.http_base}/attachments/{a.id}/{a.filename}",
-                }
-                for a in message.attachments
-            ],
+            "attachments": [self._attachment_payload(a) for a in message.attachments],
         }
+        if message.author is not None:
+            payload["author"] = message.author.payload()
         if message.interaction is not None:
             payload |= {
                 "webhook_id": self.application_id,

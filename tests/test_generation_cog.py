@@ -38,9 +38,11 @@ async def test_imagine_whole_flow(start_bot, discord_api):
     assert embed["image"]["url"] == f"attachment://{message.attachments[0].filename}"
     assert fields["Seeds"] == "1234, 1235, 1236" and fields["Size"] == "512x512" and fields["Steps"] == "50"
     assert re.fullmatch(r"\d+(\.\d)? s", fields["Time"])
-    assert message.custom_ids() == [f"zimage:{action}:1" for action in ("reroll", "variations", "info", "delete")]
-    labels = [c["label"] for row in message.components for c in row["components"]]
-    assert labels == ["Reroll", "Variations", "Info", "Delete"]
+    assert message.custom_ids() == [f"zimage:{action}:1" for action in ("reroll", "variations", "info", "delete")] + [
+        f"zimage:{action}:1:{index}" for action in ("upscale", "vary-strong") for index in range(3)
+    ]
+    labels = [[c["label"] for c in row["components"]] for row in message.components]
+    assert labels == [["Reroll", "Variations", "Info", "Delete"], ["U1", "U2", "U3"], ["V1", "V2", "V3"]]
 
     # The same message showed the queue position, then progress, with a Cancel button.
     texts = [payload.get("content") or "" for _, payload in message.history]

@@ -319,7 +319,16 @@ async def test_kill_9_twice_and_every_job_is_delivered_once_in_order(launch, dis
         (message,) = posted[job]
         assert_posted_after_restart(message, user)
         assert message is jobs[job].original
-        assert message.custom_ids() == [f"zimage:{a}:{job}" for a in ("reroll", "variations", "info", "delete")]
+        images = 3 if job == 2 else 1
+        per_image = (
+            [f"zimage:{a}:{job}:{i}" for a in ("upscale", "vary-strong") for i in range(images)]
+            if images > 1
+            else [f"zimage:{a}:{job}:0" for a in ("upscale", "vary-subtle", "vary-strong")] + [f"zimage:enhance:{job}"]
+        )
+        assert (
+            message.custom_ids()
+            == [f"zimage:{a}:{job}" for a in ("reroll", "variations", "info", "delete")] + per_image
+        )
         assert message.embeds[0]["title"] == jobs[job].payload["data"]["options"][0]["value"]
         assert len(message.attachments) == (3 if job == 2 else 1)
     alice_order = [delivered_at(posted[job][0]) for job in (1, 2, 4, 5)]

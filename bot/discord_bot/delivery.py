@@ -21,7 +21,14 @@ from typing import cast
 
 import discord
 
-from bot.discord_bot.job_messages import cancel_view, quote, result_embed, result_view, status_text
+from bot.discord_bot.job_messages import (
+    cancel_view,
+    quote,
+    requester_locale,
+    result_embed,
+    result_view,
+    status_text,
+)
 from bot.guild_settings import GuildSettings, NsfwPolicy
 from bot.image_files import files_for_upload
 from bot.jobs.health import TaskHealth
@@ -156,6 +163,10 @@ class DiscordJobPresenter:
             self.model_id,
             # An embed's image shows unblurred, so a spoilered first image stays an attachment.
             uploads[0][0] if uploads and not spoilers[0] else None,
+            enhanced_prompt=record.enhanced_prompt,
+            enhancement_note=record.enhancement_note,
+            notes=job.notes,
+            locale=requester_locale(job),
         )
         if job.resumed and record.delivery_attempts > 1 and await self._already_shown(job):
             log.info("job %d: its result is already in its message; not posting it again", job.job_id)
@@ -169,7 +180,7 @@ class DiscordJobPresenter:
                     content=notes or None,
                     embed=embed,
                     attachments=_files(uploads),
-                    view=result_view(job.job_id),
+                    view=result_view(job.job_id, job.request.count, requester_locale(job)),
                 )
                 return None
             except discord.HTTPException as error:
@@ -186,7 +197,7 @@ class DiscordJobPresenter:
                         content=f"<@{job.user_id}> here is your image ({reason}).{kept}",
                         embed=embed,
                         attachments=_files(uploads),
-                        view=result_view(job.job_id),
+                        view=result_view(job.job_id, job.request.count, requester_locale(job)),
                         allowed_mentions=_only(job.user_id),
                     )
                 )
@@ -200,7 +211,7 @@ class DiscordJobPresenter:
                 f"<@{job.user_id}> here is your image (posted here because {reason}).{kept}",
                 embed=embed,
                 files=_files(uploads),
-                view=result_view(job.job_id),
+                view=result_view(job.job_id, job.request.count, requester_locale(job)),
                 allowed_mentions=_only(job.user_id),
                 nonce=f"zimage-job-{job.job_id}"[:25],  # Discord refuses a second message with this nonce
             )
@@ -224,7 +235,7 @@ class DiscordJobPresenter:
                 "so here it is.",
                 embed=embed,
                 files=_files(uploads),
-                view=result_view(job.job_id),
+                view=result_view(job.job_id, job.request.count, requester_locale(job)),
             )
         except discord.HTTPException as error:
             if not _permanent(error):

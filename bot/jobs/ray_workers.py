@@ -70,8 +70,15 @@ class RayBackend:
         self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ray-{name}")
 
     def submit(
-        self, request: GenerationRequest, *, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        prompt_check=None,
     ) -> Future[GenerationResult]:
+        # `prompt_check` (a closure) is not sent to the actor in another process; the runner applies it
+        # to the result's enhanced prompt before anything is posted.
         if not self.ready:
             raise WorkerLost(f"the Ray worker {self.actor_name} is gone")
         return self._waiter.submit(self._run, request, progress, cancel or CancelToken())

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,7 @@ from bot.jobs.queue import GenerationQueue, QueueEntry, QueueRefusal
 from bot.jobs.retention import apply_retention
 from bot.jobs.store import JobRecord, JobState, JobStore
 from bot.jobs.workers import Worker, WorkerLost, WorkerPool
+from bot.moderation import asks_for_sexual_minors, blocked_word_in
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class ActiveJob(QueueEntry):
     progress: StepProgress | None = None
     cancelled_by: int | None = None
     retried: bool = False  # ran once on a worker that failed; a second failure goes to the user
+    notes: tuple[str, ...] = ()  # what was changed in the requester's picture (shown with the job; not stored)
 
     @property
     def token_age(self) -> float:
@@ -368,8 +371,9 @@ class JobRunner:
             if not loop.is_closed():  # shutting down: nobody is left to show it
                 loop.call_soon_threadsafe(self._on_progress, job, step)
 
+        prompt_check = await self._prompt_check(job) if job.request.enhance else None
         try:
-            result = await worker.generate(job.request, progress=on_step, cancel=job.cancel)
+            result = await worker.generate(job.request, progress=on_step, cancel=job.cancel, prompt_check=prompt_check)
         except GenerationCancelled:
             if self._stopping and job.cancelled_by is None:
                 await self._mark(job, JobState.QUEUED)  # not the user's doing: run it after restart
@@ -400,7 +404,22 @@ class JobRunner:
             await self._fail(job, f"⚠️ Job {job.job_id} failed: {error}.")
             return
         self.workers.succeeded(worker, result)
+        # A backend that could not run the check before drawing (a Ray actor in another process) is held
+        # to it here: pictures of a prompt the server blocks are never posted.
+        reason = prompt_check(result.prompt_used) if prompt_check is not None and result.enhanced else None
+        if reason:
+            await self._fail(job, f"⚠️ Job {job.job_id} failed: {reason}. Nothing was posted; change the prompt.")
+            return
         self._hand_over(job, result)
+
+    async def _prompt_check(self, job: ActiveJob):
+        """The check an enhanced prompt must pass: the minors rule and the guild's blocked words, read now
+        (on the event loop) so the check itself runs on the GPU thread without touching the store."""
+        words: tuple[str, ...] = ()
+        if job.record.guild_id is not None:
+            guild = await asyncio.to_thread(self.store.guild_settings, job.record.guild_id)
+            words = tuple(guild.blocked_words)
+        return enhanced_prompt_check(words)
 
     def _hand_over(self, job: ActiveJob, result: GenerationResult) -> None:
         """Queue the result for delivery after the same user's earlier jobs that other workers still
@@ -622,6 +641,20 @@ class JobRunner:
 
     async def _update(self, job: ActiveJob, **fields) -> None:
         job.record = await asyncio.to_thread(self.store.update, job.job_id, **fields)
+
+
+def enhanced_prompt_check(blocked_words: tuple[str, ...]) -> Callable[[str], str | None]:
+    """Why an enhanced prompt may not be drawn (the minors rule, a blocked word), or None. Pure: safe on any thread."""
+
+    def check(prompt: str) -> str | None:
+        if asks_for_sexual_minors(prompt):
+            return "the enhanced prompt asked for something this bot never makes"
+        word = blocked_word_in([prompt], blocked_words)
+        if word is not None:
+            return f'the enhanced prompt contained "{word}", which this server blocks'
+        return None
+
+    return check
 
 
 def _files_of(record: JobRecord) -> list[OutputFile]:

@@ -37,7 +37,12 @@ class GenerationBackend(Protocol):
     def ready(self) -> bool: ...
 
     def submit(
-        self, request: GenerationRequest, *, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        prompt_check: Callable[[str], str | None] | None = None,
     ) -> Future[GenerationResult]: ...
 
     def estimate_seconds(self, request: GenerationRequest) -> float | None: ...
@@ -83,10 +88,17 @@ class Worker:
         return self.state is not WorkerState.OUT and _ready(self.backend)
 
     async def generate(
-        self, request: GenerationRequest, *, progress: ProgressCallback, cancel: CancelToken
+        self,
+        request: GenerationRequest,
+        *,
+        progress: ProgressCallback,
+        cancel: CancelToken,
+        prompt_check: Callable[[str], str | None] | None = None,
     ) -> GenerationResult:
-        """Run one request on this worker's device; raises the backend's GenerationError subclasses."""
-        return await asyncio.wrap_future(self.backend.submit(request, progress=progress, cancel=cancel))
+        """Run one request on this worker's device; raises the backend's GenerationError subclasses.
+        `prompt_check` vets an enhanced prompt on the GPU thread (the runner checks again afterwards)."""
+        extra = {"prompt_check": prompt_check} if prompt_check is not None else {}
+        return await asyncio.wrap_future(self.backend.submit(request, progress=progress, cancel=cancel, **extra))
 
     def gpu_memory(self) -> Any:
         reading = getattr(self.backend, "gpu_memory", None)
