@@ -53,6 +53,16 @@ def tr(locale: object | None, message: str, /, **values: Any) -> str:
     return catalogues().render(message, locale, values)
 
 
+def localise(value: object, locale: object | None) -> str:
+    """`value` for a reader of `locale`: a Text, or an error carrying a Text as its message (`InvalidRequest(Text(...))`,
+    whose `str()` stays English for the log), rendered; anything else as `str()` gives it."""
+    if isinstance(value, BaseException) and len(value.args) == 1 and isinstance(value.args[0], Text):
+        value = value.args[0]
+    if isinstance(value, Text):
+        return value.render(locale)
+    return str(value)
+
+
 class Catalogues:
     """Every catalogue in a folder, by locale tag."""
 

@@ -127,6 +127,7 @@ class DiscordUser:
     id: str
     name: str
     admin: bool = False
+    locale: str = "en-US"  # the Discord client language, sent as each interaction's `locale`
 
     def payload(self) -> dict:
         return {"id": self.id, "username": self.name, "global_name": None, "discriminator": "0", "avatar": None}
@@ -408,8 +409,10 @@ class DiscordDouble:
         self._last_id = max(candidate, self._last_id + 1)
         return str(self._last_id)
 
-    def make_user(self, name: str, *, admin: bool = False, id: str | int | None = None) -> DiscordUser:
-        return DiscordUser(str(id) if id is not None else self.next_id(), name, admin)
+    def make_user(
+        self, name: str, *, admin: bool = False, id: str | int | None = None, locale: str = "en-US"
+    ) -> DiscordUser:
+        return DiscordUser(str(id) if id is not None else self.next_id(), name, admin, locale)
 
     def add_guild(self, name: str) -> str:
         """Another guild the bot is in (announced at the next IDENTIFY), with its own #general; returns its id."""
@@ -680,7 +683,7 @@ class DiscordDouble:
             "data": data,
             "attachment_size_limit": self.attachment_size_limit,
             "app_permissions": str(self.bot_permissions),
-            "locale": "en-US",
+            "locale": user.locale,
             "entitlements": [],
         }
         roles = record_fields.pop("roles", None) or []
