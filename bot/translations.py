@@ -54,8 +54,8 @@ def tr(locale: object | None, message: str, /, **values: Any) -> str:
 
 
 def localise(value: object, locale: object | None) -> str:
-    """`value` for a reader of `locale`: a Text, or an error carrying a Text as its message (`InvalidRequest(Text(...))`,
-    whose `str()` stays English for the log), rendered; anything else as `str()` gives it."""
+    """`value` for a reader of `locale`: a Text, or an error carrying a Text as its message
+    (`InvalidRequest(Text(...))`, whose `str()` stays English for the log), rendered; anything else as `str()`."""
     if isinstance(value, BaseException) and len(value.args) == 1 and isinstance(value.args[0], Text):
         value = value.args[0]
     if isinstance(value, Text):
