@@ -63,6 +63,14 @@ def localise(value: object, locale: object | None) -> str:
     return str(value)
 
 
+def message_of(error: BaseException) -> Text | str:
+    """An error's message as a value for a Text's placeholder: its Text where it carries one (so it is
+    rendered in the reader's language), else its English `str()`."""
+    if len(error.args) == 1 and isinstance(error.args[0], Text):
+        return error.args[0]
+    return str(error)
+
+
 class Catalogues:
     """Every catalogue in a folder, by locale tag."""
 

@@ -97,6 +97,7 @@ class Generation(commands.Cog):
             parent_id=parent_id,
             interaction_token=interaction.token,
             token_created_at=time.time(),
+            locale=interaction.locale.value,  # later messages (status, result, DMs) speak the requester's language
         )
         record = await self.runner.record(record)
         try:
