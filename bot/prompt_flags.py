@@ -17,7 +17,8 @@ from bot.translations import Text
 FLAGS = ("ar", "seed", "no", "steps")
 # A phone's em-dash (and the en-dash some keyboards make) stands for "--", but only right before a flag
 # name: every other dash ("1990–2000", "a cat — on a mat") is part of the prompt and is kept as typed.
-_DASHES = re.compile(r"(?:(?<=\s)|^)[—–]-?(?=(?:" + "|".join(FLAGS) + r")\b)", re.IGNORECASE)
+# Chinese input methods type "——" (and full-width "－－") for the same keys, so those count too.
+_DASHES = re.compile(r"(?:(?<=\s)|^)(?:[—–－]{1,2}|[—–]-)(?=(?:" + "|".join(FLAGS) + r")\b)", re.IGNORECASE)
 _FLAG = re.compile(r"(?:(?<=\s)|^)--(\w+)")
 # Beyond 16:1 either way is bad input (no offered size comes near it), not a wish to round.
 MAX_ASPECT = 16
@@ -65,7 +66,8 @@ _EXAMPLES = {"ar": "`--ar 16:9`", "seed": "`--seed 42`", "no": "`--no text, wate
 
 def _aspect(value: str) -> tuple[int, int]:
     # Bounded digits: Python refuses to convert numbers of thousands of digits, and no ratio needs them.
-    match = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)\s*[:/x]\s*(\d{1,9}(?:\.\d{1,9})?)", value)
+    # "：" and "×": the colon and times sign of Chinese input methods.
+    match = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)\s*[:/x：×]\s*(\d{1,9}(?:\.\d{1,9})?)", value)
     if not match or float(match[1]) <= 0 or float(match[2]) <= 0:
         raise InvalidRequest(
             Text("`--ar {value}` is not an aspect ratio; write it like `--ar 16:9`.", value=_shown(value))
