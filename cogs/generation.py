@@ -29,6 +29,7 @@ from bot.jobs.runner import new_record
 from bot.jobs.store import JobRecord
 from bot.prompt_flags import nearest_size, parse_prompt_flags
 from bot.settings import MAX_STEPS
+from bot.translations import Text
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +210,17 @@ def _first(*values):
     return next((value for value in values if value is not None), None)
 
 
-def _size_label(size: ImageSize, default: bool) -> str:
-    shape = "square" if size.width == size.height else ("landscape" if size.width > size.height else "portrait")
-    return f"{size} ({shape}{', default' if default else ''})"
+def _size_label(size: ImageSize, default: bool) -> app_commands.locale_str:
+    """The choice's English name, carrying its Text for the translator (one whole label a case, so that
+    each language words it its own way)."""
+    shown = str(size)
+    if size.width == size.height:
+        label = Text("{size} (square, default)", size=shown) if default else Text("{size} (square)", size=shown)
+    elif size.width > size.height:
+        label = Text("{size} (landscape, default)", size=shown) if default else Text("{size} (landscape)", size=shown)
+    else:
+        label = Text("{size} (portrait, default)", size=shown) if default else Text("{size} (portrait)", size=shown)
+    return app_commands.locale_str(label.render(None), text=label)
 
 
 async def setup(bot) -> None:
