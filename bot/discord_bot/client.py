@@ -25,6 +25,7 @@ from bot.jobs.runner import JobRunner
 from bot.jobs.store import JobStore
 from bot.jobs.workers import WorkerPool
 from bot.settings import Settings
+from bot.translations import catalogues
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class ZImageBot(commands.Bot):
         self.metrics: Any = None  # bot.metrics.BotMetrics when METRICS_PORT is set
 
     async def setup_hook(self) -> None:
+        # Read the catalogues once, off the loop and before connecting: every text afterwards is a lookup.
+        await asyncio.to_thread(catalogues)
         # Before any sync: the translator gives every description and choice its zh-CN (and later) texts.
         await self.tree.set_translator(CatalogueTranslator())
         for extension in EXTENSIONS:
