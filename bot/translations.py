@@ -82,7 +82,12 @@ class Catalogues:
             self.languages[path.stem] = {
                 message.id: message.string
                 for message in catalogue
-                if message.id and isinstance(message.id, str) and message.string and not message.fuzzy
+                # Plural entries (tuples) are not used: every text is one sentence with {placeholders}.
+                if isinstance(message.id, str)
+                and isinstance(message.string, str)
+                and message.id
+                and message.string
+                and not message.fuzzy
             }
 
     def lookup(self, message: str, locale: object | None) -> str | None:
