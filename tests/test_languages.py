@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bot.discord_bot.delivery import withheld_note
 from bot.image_files import read_parameters
+from bot.moderation import ImageAction
 from bot.translations import catalogues
 from conftest import ADMIN_ID
 from discord_double import MANAGE_GUILD, MEMBER_PERMISSIONS
@@ -137,3 +139,26 @@ async def test_messages_that_outlive_the_interaction_use_the_requesters_language
     assert parameters.startswith("一只红狐狸在雪地里\nNegative prompt: 水印\n") and "Seed: 7" in parameters
     english = await delivered(discord_api, await imagine(discord_api, "a fox", discord_api.make_user("alice")))
     assert english.attachments and store.get(3).locale == "en-US"
+
+
+async def test_an_unexpected_error_is_told_in_the_members_language(start_bot, discord_api):
+    await start_bot()
+    chinese = discord_api.make_user("li", locale="zh-CN")
+    message = await delivered(discord_api, await imagine(discord_api, "一只易碎的花瓶", chinese))
+    discord_api.fail_next("DELETE", r"/channels/\d+/messages/\d+", status=403, code=50013, message="Missing Access")
+    answer = await reply_text(discord_api, await discord_api.click(message, "zimage:delete:1", user=chinese))
+    assert answer.ephemeral
+    assert re.fullmatch(r"我们这边出了点问题（错误编号 `[0-9a-f]{8}`）。机器人仍在运行，请重试。", answer.content)
+
+
+def test_the_notes_about_flagged_images_read_whole_in_each_language():
+    withheld, spoiler, post = ImageAction.WITHHOLD, ImageAction.SPOILER, ImageAction.POST
+    assert withheld_note([withheld], "zh-CN") == "🔞 图片未发布：安全检查标记了它。年龄限制频道中会显示。"
+    assert withheld_note([withheld, spoiler, post], "zh-CN") == (
+        "🔞 3 张图片中有 1 张未发布：安全检查标记了它们。年龄限制频道中会显示。\n"
+        "⚠️ 内容提示：安全检查将 3 张图片中的 1 张标记为可能的 NSFW 内容；已遮挡显示。"
+    )
+    assert withheld_note([withheld, post], "fr") == (
+        "🔞 1 of 2 images were withheld: the safety check flagged them. An age-restricted channel shows them."
+    )
+    assert withheld_note([post, post], "zh-CN") is None
