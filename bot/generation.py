@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
-from bot.image_size import ImageSize
+from bot.image_size import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, ImageSize
+from bot.translations import Text
 
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 4
@@ -92,45 +93,77 @@ def validate_request(
     """Reject what the pipeline would fail on or misuse, before it reaches the GPU thread."""
     prompt = request.prompt.strip()
     if not prompt:
-        raise InvalidRequest("The prompt is empty: describe the picture you want.")
+        raise InvalidRequest(Text("The prompt is empty: describe the picture you want."))
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The prompt is {len(prompt)} characters long; shorten it to at most {MAX_PROMPT_CHARS}.")
+        raise InvalidRequest(
+            Text(
+                "The prompt is {length} characters long; shorten it to at most {most}.",
+                length=len(prompt),
+                most=MAX_PROMPT_CHARS,
+            )
+        )
     if len(request.negative_prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The negative prompt is too long; keep it under {MAX_PROMPT_CHARS} characters.")
+        raise InvalidRequest(
+            Text("The negative prompt is too long; keep it under {most} characters.", most=MAX_PROMPT_CHARS)
+        )
     try:
         request.size.check()
-    except ValueError as error:
-        raise InvalidRequest(str(error).capitalize() + ".") from None
+    except ValueError:
+        raise InvalidRequest(
+            Text(
+                "Size {size} is not allowed: width and height must be multiples of {multiple} from {low} to {high}.",
+                size=str(request.size),
+                multiple=SIZE_MULTIPLE,
+                low=MIN_SIDE,
+                high=MAX_SIDE,
+            )
+        ) from None
     if allowed_sizes is not None and request.size not in allowed_sizes:
         choices = ", ".join(str(size) for size in allowed_sizes)
-        raise InvalidRequest(f"Size {request.size} is not offered here; choose one of {choices}.")
+        raise InvalidRequest(
+            Text("Size {size} is not offered here; choose one of {choices}.", size=str(request.size), choices=choices)
+        )
     if not 1 <= request.steps <= max_steps:
-        raise InvalidRequest(f"Steps must be from 1 to {max_steps} (got {request.steps}).")
+        raise InvalidRequest(Text("Steps must be from 1 to {most} (got {got}).", most=max_steps, got=request.steps))
     if not 0 <= request.seed <= MAX_SEED:
-        raise InvalidRequest(f"Seed must be from 0 to {MAX_SEED} (got {request.seed}).")
+        raise InvalidRequest(Text("Seed must be from 0 to {most} (got {got}).", most=MAX_SEED, got=request.seed))
     if not 0.0 <= request.guidance <= MAX_GUIDANCE:
-        raise InvalidRequest(f"Guidance must be from 0 to {MAX_GUIDANCE:g} (got {request.guidance:g}).")
+        raise InvalidRequest(
+            Text(
+                "Guidance must be from 0 to {most} (got {got}).",
+                most=f"{MAX_GUIDANCE:g}",
+                got=f"{request.guidance:g}",
+            )
+        )
     if not 1 <= request.count <= MAX_COUNT:
-        raise InvalidRequest(f"Count must be from 1 to {MAX_COUNT} (got {request.count}).")
+        raise InvalidRequest(Text("Count must be from 1 to {most} (got {got}).", most=MAX_COUNT, got=request.count))
     strength = request.strength
     if request.source_image is None:
         if strength is not None:
             raise InvalidRequest(
-                "Strength only applies when you start from a picture: attach one, or leave strength out."
+                Text("Strength only applies when you start from a picture: attach one, or leave strength out.")
             )
     else:
         strength = DEFAULT_STRENGTH if strength is None else strength
         if not MIN_STRENGTH <= strength <= MAX_STRENGTH:
             raise InvalidRequest(
-                f"Strength must be from {MIN_STRENGTH:g} (keep the picture) to {MAX_STRENGTH:g} (redraw it all); "
-                f"got {strength:g}."
+                Text(
+                    "Strength must be from {low} (keep the picture) to {high} (redraw it all); got {got}.",
+                    low=f"{MIN_STRENGTH:g}",
+                    high=f"{MAX_STRENGTH:g}",
+                    got=f"{strength:g}",
+                )
             )
     if request.style_weight is not None:
         if request.style is None:
-            raise InvalidRequest("A style weight needs a style: pick one, or leave the weight out.")
+            raise InvalidRequest(Text("A style weight needs a style: pick one, or leave the weight out."))
         if not 0 < request.style_weight <= MAX_STYLE_WEIGHT:
             raise InvalidRequest(
-                f"Style weight must be above 0 and at most {MAX_STYLE_WEIGHT:g} (got {request.style_weight:g})."
+                Text(
+                    "Style weight must be above 0 and at most {most} (got {got}).",
+                    most=f"{MAX_STYLE_WEIGHT:g}",
+                    got=f"{request.style_weight:g}",
+                )
             )
     return replace(request, prompt=prompt, negative_prompt=request.negative_prompt.strip(), strength=strength)
 

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from bot.generation import MAX_COUNT
+from bot.translations import Text
 
 MAX_ALLOWED_CHANNELS = 25  # a Discord embed field lists them all
 MAX_BLOCKED_WORDS = 100
@@ -44,23 +45,33 @@ class GuildSettings:
     updated_at: float | None = field(default=None, compare=False)
 
     def checked(self) -> GuildSettings:
-        """These settings if every value is within its limits; ValueError saying what to change otherwise."""
+        """These settings if every value is within its limits; ValueError (its message a Text) saying what to
+        change otherwise."""
         if len(self.allowed_channels) > MAX_ALLOWED_CHANNELS:
             raise ValueError(
-                f"At most {MAX_ALLOWED_CHANNELS} channels can be allowed; remove one first "
-                "(or clear the list to allow every channel)."
+                Text(
+                    "At most {most} channels can be allowed; remove one first "
+                    "(or clear the list to allow every channel).",
+                    most=MAX_ALLOWED_CHANNELS,
+                )
             )
         if len(self.blocked_words) > MAX_BLOCKED_WORDS:
-            raise ValueError(f"The blocked list holds at most {MAX_BLOCKED_WORDS} words or phrases; remove one first.")
+            raise ValueError(
+                Text(
+                    "The blocked list holds at most {most} words or phrases; remove one first.", most=MAX_BLOCKED_WORDS
+                )
+            )
         for word in self.blocked_words:
             if not word.strip():
-                raise ValueError("A blocked word cannot be empty.")
+                raise ValueError(Text("A blocked word cannot be empty."))
             if len(word) > MAX_WORD_CHARS:
-                raise ValueError(f"A blocked word or phrase can be at most {MAX_WORD_CHARS} characters long.")
+                raise ValueError(
+                    Text("A blocked word or phrase can be at most {most} characters long.", most=MAX_WORD_CHARS)
+                )
         if not 0 <= self.daily_limit <= MAX_DAILY_IMAGES:
-            raise ValueError(f"The daily limit must be from 0 (unlimited) to {MAX_DAILY_IMAGES}.")
+            raise ValueError(Text("The daily limit must be from 0 (unlimited) to {most}.", most=MAX_DAILY_IMAGES))
         if not 1 <= self.max_count <= MAX_COUNT:
-            raise ValueError(f"The most images a job may ask for must be from 1 to {MAX_COUNT}.")
+            raise ValueError(Text("The most images a job may ask for must be from 1 to {most}.", most=MAX_COUNT))
         return replace(
             self, nsfw_policy=NsfwPolicy(self.nsfw_policy), enhance_default=EnhanceDefault(self.enhance_default)
         )

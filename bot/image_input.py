@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bot.generation import InvalidRequest
 from bot.image_size import MAX_SIDE, SIZE_MULTIPLE, ImageSize
+from bot.translations import Text
 
 # Discord's own upload limit for unboosted servers is 10 MB and for Nitro users 500 MB; 25 MB keeps
 # a phone photo or a lossless screenshot in and a download (held in memory) bounded.
@@ -60,11 +61,14 @@ class SavedInput:
 def check_byte_size(byte_count: int, limit: int = MAX_INPUT_BYTES) -> None:
     """Refuse an attachment by its announced size, before downloading it."""
     if byte_count <= 0:
-        raise InvalidRequest("The attachment is empty: send a PNG, JPEG, WebP or GIF picture.")
+        raise InvalidRequest(Text("The attachment is empty: send a PNG, JPEG, WebP or GIF picture."))
     if byte_count > limit:
         raise InvalidRequest(
-            f"The picture is {_megabytes(byte_count)}; send one of at most {_megabytes(limit)} "
-            "(a JPEG or a smaller export of it)."
+            Text(
+                "The picture is {size}; send one of at most {most} (a JPEG or a smaller export of it).",
+                size=_megabytes(byte_count),
+                most=_megabytes(limit),
+            )
         )
 
 
@@ -92,8 +96,12 @@ def prepare_image(
         original_size = (height, width) if rotated else (width, height)
         if min(original_size) < MIN_INPUT_SIDE:
             raise InvalidRequest(
-                f"The picture is {original_size[0]}x{original_size[1]} pixels; send one at least "
-                f"{MIN_INPUT_SIDE} pixels on each side."
+                Text(
+                    "The picture is {width}x{height} pixels; send one at least {least} pixels on each side.",
+                    width=original_size[0],
+                    height=original_size[1],
+                    least=MIN_INPUT_SIDE,
+                )
             )
         target = size or nearest_size(*original_size, sizes)
         if image.format == "JPEG":
@@ -107,8 +115,11 @@ def prepare_image(
             raise _too_many_pixels(width, height, max_pixels) from None
         except (OSError, SyntaxError, ValueError) as error:
             raise InvalidRequest(
-                f"The picture could not be read to the end ({_reason(error)}): it is damaged or was cut off. "
-                "Send it again, or save it anew as PNG or JPEG."
+                Text(
+                    "The picture could not be read to the end ({reason}): it is damaged or was cut off. "
+                    "Send it again, or save it anew as PNG or JPEG.",
+                    reason=_reason(error),
+                )
             ) from None
         image = _upright(image, notes)
         image = _to_rgb(image, notes)
@@ -157,7 +168,7 @@ def source_of_file(path: Path) -> SavedInput:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise InvalidRequest("This picture's file was removed (old results are deleted after a while).") from None
+        raise InvalidRequest(Text("This picture's file was removed (old results are deleted after a while).")) from None
     return SavedInput(Path(path), hashlib.sha256(data).hexdigest())
 
 
@@ -184,15 +195,20 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=_formats())
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidRequest(
-                f"The picture claims more than {max_pixels // 1_000_000} megapixels; send a smaller one."
+                Text(
+                    "The picture claims more than {most} megapixels; send a smaller one.", most=max_pixels // 1_000_000
+                )
             ) from None
         except UnidentifiedImageError:
             raise InvalidRequest(
-                "The attachment is not a picture the bot can read: send a PNG, JPEG, WebP or GIF."
+                Text("The attachment is not a picture the bot can read: send a PNG, JPEG, WebP or GIF.")
             ) from None
         except (OSError, SyntaxError, ValueError) as error:
             raise InvalidRequest(
-                f"The picture is damaged ({_reason(error)}); send it again, or save it anew as PNG or JPEG."
+                Text(
+                    "The picture is damaged ({reason}); send it again, or save it anew as PNG or JPEG.",
+                    reason=_reason(error),
+                )
             ) from None
     width, height = image.size
     if width * height > max_pixels:
@@ -208,8 +224,13 @@ def _formats() -> tuple[str, ...]:
 
 def _too_many_pixels(width: int, height: int, max_pixels: int) -> InvalidRequest:
     return InvalidRequest(
-        f"The picture is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); send one of at most "
-        f"{max_pixels // 1_000_000} megapixels."
+        Text(
+            "The picture is {width}x{height} pixels ({megapixels} megapixels); send one of at most {most} megapixels.",
+            width=width,
+            height=height,
+            megapixels=f"{width * height / 1e6:.0f}",
+            most=max_pixels // 1_000_000,
+        )
     )
 
 

@@ -12,11 +12,13 @@ from fractions import Fraction
 
 from bot.generation import MAX_SEED, InvalidRequest
 from bot.image_size import ImageSize
+from bot.translations import Text
 
 FLAGS = ("ar", "seed", "no", "steps")
 # A phone's em-dash (and the en-dash some keyboards make) stands for "--", but only right before a flag
 # name: every other dash ("1990–2000", "a cat — on a mat") is part of the prompt and is kept as typed.
-_DASHES = re.compile(r"(?:(?<=\s)|^)[—–]-?(?=(?:" + "|".join(FLAGS) + r")\b)", re.IGNORECASE)
+# Chinese input methods type "——" (and full-width "－－") for the same keys, so those count too.
+_DASHES = re.compile(r"(?:(?<=\s)|^)(?:[—–－]{1,2}|[—–]-)(?=(?:" + "|".join(FLAGS) + r")\b)", re.IGNORECASE)
 _FLAG = re.compile(r"(?:(?<=\s)|^)--(\w+)")
 # Beyond 16:1 either way is bad input (no offered size comes near it), not a wish to round.
 MAX_ASPECT = 16
@@ -43,12 +45,12 @@ def parse_prompt_flags(text: str) -> PromptFlags:
         value = text[match.end() : end].strip()
         if name not in FLAGS:
             raise InvalidRequest(
-                f"Unknown flag `--{_shown(name)}`. Supported: --ar W:H, --seed N, --no TEXT, --steps N."
+                Text("Unknown flag `--{flag}`. Supported: --ar W:H, --seed N, --no TEXT, --steps N.", flag=_shown(name))
             )
         if name in values:
-            raise InvalidRequest(f"`--{name}` is given twice; keep one.")
+            raise InvalidRequest(Text("`--{flag}` is given twice; keep one.", flag=name))
         if not value:
-            raise InvalidRequest(f"`--{name}` needs a value, e.g. {_EXAMPLES[name]}.")
+            raise InvalidRequest(Text("`--{flag}` needs a value, e.g. {example}.", flag=name, example=_EXAMPLES[name]))
         values[name] = value
     return PromptFlags(
         prompt=text[: matches[0].start()].strip(),
@@ -64,14 +66,29 @@ _EXAMPLES = {"ar": "`--ar 16:9`", "seed": "`--seed 42`", "no": "`--no text, wate
 
 def _aspect(value: str) -> tuple[int, int]:
     # Bounded digits: Python refuses to convert numbers of thousands of digits, and no ratio needs them.
-    match = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)\s*[:/x]\s*(\d{1,9}(?:\.\d{1,9})?)", value)
+    # "：" and "×": the colon and times sign of Chinese input methods.
+    match = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)\s*[:/x：×]\s*(\d{1,9}(?:\.\d{1,9})?)", value)
     if not match or float(match[1]) <= 0 or float(match[2]) <= 0:
-        raise InvalidRequest(f"`--ar {_shown(value)}` is not an aspect ratio; write it like `--ar 16:9`.")
+        raise InvalidRequest(
+            Text("`--ar {value}` is not an aspect ratio; write it like `--ar 16:9`.", value=_shown(value))
+        )
     ratio = Fraction(match[1]) / Fraction(match[2])
     if not 1 / MAX_ASPECT <= ratio <= MAX_ASPECT:
+        shown = _shown(value)
+        if ratio > 1:
+            raise InvalidRequest(
+                Text(
+                    "`--ar {value}` is too wide; use a ratio from 1:{most} to {most}:1, e.g. `--ar 16:9`.",
+                    value=shown,
+                    most=MAX_ASPECT,
+                )
+            )
         raise InvalidRequest(
-            f"`--ar {_shown(value)}` is too {'wide' if ratio > 1 else 'tall'}; "
-            f"use a ratio from 1:{MAX_ASPECT} to {MAX_ASPECT}:1, e.g. `--ar 16:9`."
+            Text(
+                "`--ar {value}` is too tall; use a ratio from 1:{most} to {most}:1, e.g. `--ar 16:9`.",
+                value=shown,
+                most=MAX_ASPECT,
+            )
         )
     # Within those bounds the nearest fraction with a small denominator is never 0 and keeps 2.39:1 exact.
     ratio = ratio.limit_denominator(1000)
@@ -80,14 +97,26 @@ def _aspect(value: str) -> tuple[int, int]:
 
 def _integer(name: str, value: str, low: int, high: int) -> int:
     if not re.fullmatch(r"\d+", value):
-        raise InvalidRequest(f"`--{name} {_shown(value)}` needs a whole number from {low} to {high}.")
+        raise InvalidRequest(
+            Text(
+                "`--{flag} {value}` needs a whole number from {low} to {high}.",
+                flag=name,
+                value=_shown(value),
+                low=low,
+                high=high,
+            )
+        )
     digits = value.lstrip("0") or "0"
     if len(digits) > len(str(high)):  # far out of range; int() refuses thousands of digits
-        raise InvalidRequest(f"`--{name}` must be from {low} to {high} (got {_shown(value)}).")
+        raise InvalidRequest(_out_of_range(name, low, high, _shown(value)))
     number = int(digits)
     if not low <= number <= high:
-        raise InvalidRequest(f"`--{name}` must be from {low} to {high} (got {number}).")
+        raise InvalidRequest(_out_of_range(name, low, high, number))
     return number
+
+
+def _out_of_range(name: str, low: int, high: int, got: object) -> Text:
+    return Text("`--{flag}` must be from {low} to {high} (got {got}).", flag=name, low=low, high=high, got=got)
 
 
 def _shown(text: str, limit: int = 40) -> str:

@@ -53,6 +53,24 @@ def tr(locale: object | None, message: str, /, **values: Any) -> str:
     return catalogues().render(message, locale, values)
 
 
+def localise(value: object, locale: object | None) -> str:
+    """`value` for a reader of `locale`: a Text, or an error carrying a Text as its message
+    (`InvalidRequest(Text(...))`, whose `str()` stays English for the log), rendered; anything else as `str()`."""
+    if isinstance(value, BaseException) and len(value.args) == 1 and isinstance(value.args[0], Text):
+        value = value.args[0]
+    if isinstance(value, Text):
+        return value.render(locale)
+    return str(value)
+
+
+def message_of(error: BaseException) -> Text | str:
+    """An error's message as a value for a Text's placeholder: its Text where it carries one (so it is
+    rendered in the reader's language), else its English `str()`."""
+    if len(error.args) == 1 and isinstance(error.args[0], Text):
+        return error.args[0]
+    return str(error)
+
+
 class Catalogues:
     """Every catalogue in a folder, by locale tag."""
 
@@ -64,7 +82,12 @@ class Catalogues:
             self.languages[path.stem] = {
                 message.id: message.string
                 for message in catalogue
-                if message.id and isinstance(message.id, str) and message.string and not message.fuzzy
+                # Plural entries (tuples) are not used: every text is one sentence with {placeholders}.
+                if isinstance(message.id, str)
+                and isinstance(message.string, str)
+                and message.id
+                and message.string
+                and not message.fuzzy
             }
 
     def lookup(self, message: str, locale: object | None) -> str | None:

@@ -15,15 +15,33 @@ from discord.ext import commands
 
 from bot.discord_bot.permissions import operators_only
 from bot.model.cache_report import CLASSIFIER, CacheReport, inspect_cache
+from bot.translations import Text, tr
+
+# The cache report's row labels (CacheReport.rows, shared with the command line) in the reader's language.
+ROW_LABELS = {
+    "Cache root": Text("Cache root"),
+    "Safety model": Text("Safety model"),
+    "Model": Text("Model"),
+    "Model folder": Text("Model folder"),
+    "Cached": Text("Cached"),
+    "Complete": Text("Complete"),
+    "Files": Text("Files"),
+    "Size": Text("Size"),
+    "Revisions": Text("Revisions"),
+    "Free disk": Text("Free disk"),
+    "Problem": Text("Problem"),
+}
 
 
-def report_embed(title: str, report: CacheReport) -> discord.Embed:
+def report_embed(title: Text, report: CacheReport, locale: object | None = None) -> discord.Embed:
+    verdict = Text("complete") if report.complete else Text("NOT complete")
     embed = discord.Embed(
-        title=f"{title}: " + ("complete" if report.complete else "NOT complete"),
+        title=tr(locale, "{title}: {verdict}", title=title, verdict=verdict),
         colour=discord.Colour.green() if report.complete else discord.Colour.red(),
     )
     for label, value in report.rows()[:25]:
-        embed.add_field(name=label, value=value[:1024], inline=label not in ("Cache root", "Model folder", "Problem"))
+        name = ROW_LABELS[label].render(locale) if label in ROW_LABELS else label
+        embed.add_field(name=name, value=value[:1024], inline=label not in ("Cache root", "Model folder", "Problem"))
     return embed
 
 
@@ -40,10 +58,11 @@ class Admin(commands.Cog):
         settings = self.bot.settings
         # Scanning a 33 GB cache touches many files: never on the event loop.
         report = await asyncio.to_thread(inspect_cache, settings.model_id, settings.model_revision)
-        embeds = [report_embed("Model cache", report)]
+        locale = interaction.locale
+        embeds = [report_embed(Text("Model cache"), report, locale)]
         if settings.safety_model:
             report = await asyncio.to_thread(inspect_cache, settings.safety_model, "main", kind=CLASSIFIER)
-            embeds.append(report_embed("Safety model cache", report))
+            embeds.append(report_embed(Text("Safety model cache"), report, locale))
         await interaction.followup.send(embeds=embeds, ephemeral=True)
 
     @app_commands.command(name="pause")
@@ -52,7 +71,9 @@ class Admin(commands.Cog):
     async def pause(self, interaction: discord.Interaction) -> None:
         """Stop starting queued jobs; the running one finishes (operators)."""
         await self.bot.runner.set_paused(True)
-        await interaction.response.send_message("⏸️ Queue paused. `/resume` starts it again.", ephemeral=True)
+        await interaction.response.send_message(
+            tr(interaction.locale, "⏸️ Queue paused. `/resume` starts it again."), ephemeral=True
+        )
 
     @app_commands.command(name="resume")
     @app_commands.default_permissions(administrator=True)
@@ -60,7 +81,7 @@ class Admin(commands.Cog):
     async def resume(self, interaction: discord.Interaction) -> None:
         """Start running queued jobs again (operators)."""
         await self.bot.runner.set_paused(False)
-        await interaction.response.send_message("▶️ Queue resumed.", ephemeral=True)
+        await interaction.response.send_message(tr(interaction.locale, "▶️ Queue resumed."), ephemeral=True)
 
 
 async def setup(bot) -> None:

@@ -51,7 +51,7 @@ from bot.jobs.runner import new_record, record_to_request
 from bot.jobs.store import JobRecord, JobState
 from bot.prompt_flags import nearest_size, parse_prompt_flags
 from bot.settings import MAX_STEPS
-from bot.translations import tr
+from bot.translations import Text, tr
 
 # A download from Discord's CDN that takes longer than this is given up (the user is told to try again).
 DOWNLOAD_TIMEOUT = 30.0
@@ -195,6 +195,7 @@ class Generation(commands.Cog):
             parent_id=parent_id,
             interaction_token=interaction.token,
             token_created_at=time.time(),
+            locale=interaction.locale.value,  # later messages (status, result, DMs) speak the requester's language
         )
         record = await self.runner.record(record)
         callback = deferred
@@ -582,9 +583,17 @@ def _first(*values):
     return next((value for value in values if value is not None), None)
 
 
-def _size_label(size: ImageSize, default: bool) -> str:
-    shape = "square" if size.width == size.height else ("landscape" if size.width > size.height else "portrait")
-    return f"{size} ({shape}{', default' if default else ''})"
+def _size_label(size: ImageSize, default: bool) -> app_commands.locale_str:
+    """The choice's English name, carrying its Text for the translator (one whole label a case, so that
+    each language words it its own way)."""
+    shown = str(size)
+    if size.width == size.height:
+        label = Text("{size} (square, default)", size=shown) if default else Text("{size} (square)", size=shown)
+    elif size.width > size.height:
+        label = Text("{size} (landscape, default)", size=shown) if default else Text("{size} (landscape)", size=shown)
+    else:
+        label = Text("{size} (portrait, default)", size=shown) if default else Text("{size} (portrait)", size=shown)
+    return app_commands.locale_str(label.render(None), text=label)
 
 
 async def setup(bot) -> None:

@@ -25,6 +25,7 @@ from bot.guild_settings import (
     GuildSettings,
     NsfwPolicy,
 )
+from bot.translations import Text, localise, tr
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,15 @@ class PostableChannel(app_commands.Transformer):
 
 ChannelOption = app_commands.Transform[app_commands.AppCommandChannel, PostableChannel]
 POLICY_TEXT = {
-    NsfwPolicy.BLOCK: "block: flagged images are withheld outside age-restricted channels",
-    NsfwPolicy.SPOILER: "spoiler: flagged images are posted as spoilers with a content note",
-    NsfwPolicy.ALLOW: "allow: flagged images are posted",
+    NsfwPolicy.BLOCK: Text("block: flagged images are withheld outside age-restricted channels"),
+    NsfwPolicy.SPOILER: Text("spoiler: flagged images are posted as spoilers with a content note"),
+    NsfwPolicy.ALLOW: Text("allow: flagged images are posted"),
+}
+# The same words as the choices of /settings enhance, in the reader's language.
+ENHANCE_TEXT = {
+    EnhanceDefault.ON: Text("on"),
+    EnhanceDefault.OFF: Text("off"),
+    EnhanceDefault.FORBIDDEN: Text("forbidden"),
 }
 
 
@@ -76,7 +83,7 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
     async def show(self, interaction: discord.Interaction) -> None:
         """Show this server's settings."""
         settings = await self._load(interaction)
-        await interaction.response.send_message(embed=settings_embed(settings), ephemeral=True)
+        await interaction.response.send_message(embed=settings_embed(settings, interaction.locale), ephemeral=True)
 
     @app_commands.command(name="channels")
     @app_commands.describe(
@@ -100,17 +107,23 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
             channel = self._channel_here(interaction, add.id)
             if channel.id not in allowed:
                 allowed.append(channel.id)
-            done = f"/imagine now works in {_channel_list(allowed)}."
+            done = Text("/imagine now works in {channels}.", channels=_channel_list(allowed))
         elif remove is not None:
             if remove.id not in allowed:
-                raise InvalidRequest(f"<#{remove.id}> is not in the list; it holds {_channel_list(allowed)}.")
+                raise InvalidRequest(
+                    Text(
+                        "<#{channel}> is not in the list; it holds {channels}.",
+                        channel=remove.id,
+                        channels=_channel_list(allowed),
+                    )
+                )
             allowed.remove(remove.id)
-            done = f"/imagine now works in {_channel_list(allowed)}."
+            done = Text("/imagine now works in {channels}.", channels=_channel_list(allowed))
         else:
             if not clear:
-                raise InvalidRequest("To allow every channel again, use `clear:True`.")
+                raise InvalidRequest(Text("To allow every channel again, use `clear:True`."))
             allowed = []
-            done = "/imagine now works in every channel."
+            done = Text("/imagine now works in every channel.")
         await self._save(interaction, replace(settings, allowed_channels=tuple(allowed)), done)
 
     @app_commands.command(name="nsfw")
@@ -121,9 +134,12 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
         try:
             chosen = NsfwPolicy(policy)
         except ValueError:
-            raise InvalidRequest("The policy must be `block`, `spoiler` or `allow`.") from None
+            raise InvalidRequest(Text("The policy must be `block`, `spoiler` or `allow`.")) from None
         settings = await self._load(interaction)
-        done = f"NSFW policy: {POLICY_TEXT[chosen]}. Age-restricted channels always show images as they are."
+        done = Text(
+            "NSFW policy: {policy}. Age-restricted channels always show images as they are.",
+            policy=POLICY_TEXT[chosen],
+        )
         await self._save(interaction, replace(settings, nsfw_policy=chosen), done)
 
     @app_commands.command(name="words")
@@ -145,21 +161,23 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
         if add is not None:
             word = " ".join(add.split())
             if not word:
-                raise InvalidRequest("The word to block is empty; give a word or phrase.")
+                raise InvalidRequest(Text("The word to block is empty; give a word or phrase."))
             if len(word) > MAX_WORD_CHARS:
-                raise InvalidRequest(f"A blocked word or phrase can be at most {MAX_WORD_CHARS} characters long.")
+                raise InvalidRequest(
+                    Text("A blocked word or phrase can be at most {most} characters long.", most=MAX_WORD_CHARS)
+                )
             if word.casefold() in (known.casefold() for known in words):
-                raise InvalidRequest(f'"{word}" is already blocked.')
+                raise InvalidRequest(Text('"{word}" is already blocked.', word=word))
             words.append(word)
-            done = f'"{word}" is now blocked in prompts ({len(words)} blocked in all).'
+            done = Text('"{word}" is now blocked in prompts ({count} blocked in all).', word=word, count=len(words))
         else:
             assert remove is not None
             wanted = " ".join(remove.split()).casefold()
             match = next((known for known in words if known.casefold() == wanted), None)
             if match is None:
-                raise InvalidRequest(f'"{remove}" is not blocked; `/settings show` lists what is.')
+                raise InvalidRequest(Text('"{word}" is not blocked; `/settings show` lists what is.', word=remove))
             words.remove(match)
-            done = f'"{match}" is no longer blocked ({len(words)} blocked in all).'
+            done = Text('"{word}" is no longer blocked ({count} blocked in all).', word=match, count=len(words))
         await self._save(interaction, replace(settings, blocked_words=tuple(words)), done)
 
     @app_commands.command(name="limits")
@@ -176,14 +194,18 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
     ) -> None:
         """Limit how many images members make a day, and how many one job may ask for."""
         if daily is None and max_count is None:
-            raise InvalidRequest("Give `daily`, `max_count` or both.")
+            raise InvalidRequest(Text("Give `daily`, `max_count` or both."))
         settings = await self._load(interaction)
         changed = replace(
             settings,
             daily_limit=settings.daily_limit if daily is None else daily,
             max_count=settings.max_count if max_count is None else max_count,
         )
-        done = f"Limits: {_daily_text(changed.daily_limit)}; at most {changed.max_count} image(s) a job."
+        done = Text(
+            "Limits: {daily}; at most {count} image(s) a job.",
+            daily=_daily_text(changed.daily_limit),
+            count=changed.max_count,
+        )
         await self._save(interaction, changed, done)
 
     @app_commands.command(name="role")
@@ -199,14 +221,15 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
             guild = interaction.guild
             role = guild.get_role(required.id) if guild is not None else None
             if role is None:
-                raise InvalidRequest("I cannot see that role in this server; pick one of this server's roles.")
+                raise InvalidRequest(Text("I cannot see that role in this server; pick one of this server's roles."))
             if role.is_default():
-                raise InvalidRequest("Everyone has @everyone; to let everyone use /imagine, use `clear:True`.")
-            changed, done = replace(settings, required_role=role.id), f"/imagine now needs the <@&{role.id}> role."
+                raise InvalidRequest(Text("Everyone has @everyone; to let everyone use /imagine, use `clear:True`."))
+            changed = replace(settings, required_role=role.id)
+            done = Text("/imagine now needs the <@&{role}> role.", role=role.id)
         else:
             if not clear:
-                raise InvalidRequest("To let everyone use /imagine, use `clear:True`.")
-            changed, done = replace(settings, required_role=None), "Everyone may use /imagine again."
+                raise InvalidRequest(Text("To let everyone use /imagine, use `clear:True`."))
+            changed, done = replace(settings, required_role=None), Text("Everyone may use /imagine again.")
         await self._save(interaction, changed, done)
 
     @app_commands.command(name="enhance")
@@ -217,9 +240,10 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
         try:
             chosen = EnhanceDefault(default)
         except ValueError:
-            raise InvalidRequest("The enhancer setting must be `on`, `off` or `forbidden`.") from None
+            raise InvalidRequest(Text("The enhancer setting must be `on`, `off` or `forbidden`.")) from None
         settings = await self._load(interaction)
-        await self._save(interaction, replace(settings, enhance_default=chosen), f"Prompt enhancer: {chosen.value}.")
+        done = Text("Prompt enhancer: {setting}.", setting=ENHANCE_TEXT[chosen])
+        await self._save(interaction, replace(settings, enhance_default=chosen), done)
 
     # ----- helpers -------------------------------------------------------------------------------
 
@@ -227,13 +251,18 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
         assert interaction.guild_id is not None  # guild_admins_only refuses DMs
         return await asyncio.to_thread(self.bot.store.guild_settings, interaction.guild_id)
 
-    async def _save(self, interaction: discord.Interaction, settings: GuildSettings, done: str) -> None:
+    async def _save(self, interaction: discord.Interaction, settings: GuildSettings, done: Text) -> None:
         try:
             saved = await asyncio.to_thread(self.bot.store.save_guild_settings, settings)
         except ValueError as error:
-            raise InvalidRequest(f"{error} Nothing was changed.") from None
+            # guild_settings' errors carry a Text: the reason reads in the admin's language.
+            reason = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], Text) else str(error)
+            raise InvalidRequest(Text("{reason} Nothing was changed.", reason=reason)) from None
         log.info("guild %s: settings changed by %s: %s", saved.guild_id, interaction.user.id, done)
-        await interaction.response.send_message(f"✅ {done}", embed=settings_embed(saved), ephemeral=True)
+        locale = interaction.locale
+        await interaction.response.send_message(
+            f"✅ {localise(done, locale)}", embed=settings_embed(saved, locale), ephemeral=True
+        )
 
     @staticmethod
     def _channel_here(interaction: discord.Interaction, channel_id: int) -> discord.abc.GuildChannel:
@@ -243,42 +272,50 @@ class ServerSettings(commands.GroupCog, group_name="settings"):
             thread = guild.get_thread(channel_id) if guild is not None else None
             if thread is not None and thread.parent_id is not None:
                 raise InvalidRequest(
-                    f"<#{channel_id}> is a thread: allow <#{thread.parent_id}>, the channel it is in; "
-                    "its threads are included."
+                    Text(
+                        "<#{channel}> is a thread: allow <#{parent}>, the channel it is in; its threads are included.",
+                        channel=channel_id,
+                        parent=thread.parent_id,
+                    )
                 )
-            raise InvalidRequest("I cannot see that channel in this server; pick one of this server's channels.")
+            raise InvalidRequest(Text("I cannot see that channel in this server; pick one of this server's channels."))
         if channel.type not in ALLOWED_CHANNEL_TYPES:
-            raise InvalidRequest(f"<#{channel_id}> is not a channel /imagine can answer in; pick a text channel.")
+            raise InvalidRequest(
+                Text("<#{channel}> is not a channel /imagine can answer in; pick a text channel.", channel=channel_id)
+            )
         return channel
 
 
-def settings_embed(settings: GuildSettings) -> discord.Embed:
-    embed = discord.Embed(title="Settings of this server", colour=discord.Colour.blurple())
-    embed.add_field(name="Channels", value=_channel_list(settings.allowed_channels), inline=False)
-    embed.add_field(name="NSFW policy", value=POLICY_TEXT[settings.nsfw_policy], inline=False)
-    words = ", ".join(f"`{word}`" for word in settings.blocked_words) or "none"
-    embed.add_field(name="Blocked words", value=words[:1024], inline=False)
-    embed.add_field(name="Daily limit", value=_daily_text(settings.daily_limit))
-    embed.add_field(name="Images a job", value=f"at most {settings.max_count}")
-    role = f"<@&{settings.required_role}>" if settings.required_role else "none: everyone may use /imagine"
-    embed.add_field(name="Required role", value=role)
-    embed.add_field(name="Prompt enhancer", value=settings.enhance_default.value)
+def settings_embed(settings: GuildSettings, locale: object | None = None) -> discord.Embed:
+    def text(message: str | Text) -> str:
+        return localise(message, locale)
+
+    embed = discord.Embed(title=tr(locale, "Settings of this server"), colour=discord.Colour.blurple())
+    embed.add_field(name=tr(locale, "Channels"), value=text(_channel_list(settings.allowed_channels)), inline=False)
+    embed.add_field(name=tr(locale, "NSFW policy"), value=text(POLICY_TEXT[settings.nsfw_policy]), inline=False)
+    words = ", ".join(f"`{word}`" for word in settings.blocked_words) or tr(locale, "none")
+    embed.add_field(name=tr(locale, "Blocked words"), value=words[:1024], inline=False)
+    embed.add_field(name=tr(locale, "Daily limit"), value=text(_daily_text(settings.daily_limit)))
+    embed.add_field(name=tr(locale, "Images a job"), value=tr(locale, "at most {count}", count=settings.max_count))
+    role = f"<@&{settings.required_role}>" if settings.required_role else tr(locale, "none: everyone may use /imagine")
+    embed.add_field(name=tr(locale, "Required role"), value=role)
+    embed.add_field(name=tr(locale, "Prompt enhancer"), value=text(ENHANCE_TEXT[settings.enhance_default]))
     return embed
 
 
-def _channel_list(channel_ids) -> str:
-    return ", ".join(f"<#{channel_id}>" for channel_id in channel_ids) or "every channel"
+def _channel_list(channel_ids) -> str | Text:
+    return ", ".join(f"<#{channel_id}>" for channel_id in channel_ids) or Text("every channel")
 
 
-def _daily_text(limit: int) -> str:
-    return f"{limit} images per member per day (UTC)" if limit else "no daily limit"
+def _daily_text(limit: int) -> Text:
+    return Text("{count} images per member per day (UTC)", count=limit) if limit else Text("no daily limit")
 
 
 def _one_of(**options: object) -> None:
     given = [name for name, value in options.items() if value is not None]
     if len(given) != 1:
         names = ", ".join(f"`{name}`" for name in options)
-        raise InvalidRequest(f"Give exactly one of {names}.")
+        raise InvalidRequest(Text("Give exactly one of {names}.", names=names))
 
 
 async def setup(bot) -> None:

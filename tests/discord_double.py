@@ -418,8 +418,10 @@ class DiscordDouble:
         self._last_id = max(candidate, self._last_id + 1)
         return str(self._last_id)
 
-    def make_user(self, name: str, *, admin: bool = False, id: str | int | None = None) -> DiscordUser:
-        return DiscordUser(str(id) if id is not None else self.next_id(), name, admin)
+    def make_user(
+        self, name: str, *, admin: bool = False, id: str | int | None = None, locale: str = "en-US"
+    ) -> DiscordUser:
+        return DiscordUser(str(id) if id is not None else self.next_id(), name, admin, locale)
 
     def add_guild(self, name: str) -> str:
         """Another guild the bot is in (announced at the next IDENTIFY), with its own #general; returns its id."""

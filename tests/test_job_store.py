@@ -96,6 +96,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         enhance=True,
         enhanced_prompt='a fox in deep snow, 提示 "quoted"',
         enhancement_note=None,
+        locale="zh-CN",
     )
     added = store.add(job)
     assert added.id is not None
@@ -142,6 +143,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         "enhance": False,
         "enhanced_prompt": None,
         "enhancement_note": "the enhancer took longer than 20 s",
+        "locale": "en-US",
     }
     assert set(changes) == {f.name for f in dataclasses.fields(JobRecord)} - {"id"}
     expected = dataclasses.replace(added, **{**changes, "state": JobState.DONE, "output_files": ["outputs/c.png"]})
@@ -352,7 +354,7 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert store.update(old.id, delivery_attempts=1).delivery_attempts == 1
 
     conn = sqlite3.connect(data_dir / DB_FILE_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(jobs)")}
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()

@@ -89,3 +89,16 @@ def test_uploads_over_the_limit_become_jpegs_with_the_same_parameters(tmp_path):
     for (_, data), path in zip(uploads, paths, strict=True):
         assert user_comment(data) == read_parameters(path.read_bytes())
     assert [p.suffix for p in tmp_path.iterdir()] == [".png", ".png"]  # the full PNGs stay
+
+
+def test_a_chinese_prompt_survives_the_png_parameters_chunk(tmp_path):
+    request = GenerationRequest(
+        "一张海报，上面写着“你好，世界”", ImageSize(64, 64), 8, 5, negative_prompt="模糊，水印", guidance=0.0
+    )
+    path, _ = save_png(
+        Image.new("RGB", (64, 64), "red"), request, 5, "org/model", tmp_path, prompt_used="一张精美的海报"
+    )
+    parameters = read_parameters(path)
+    assert parameters == parameters_text(request, 5, "org/model", "一张精美的海报")
+    assert "一张海报，上面写着“你好，世界”" in parameters and "Negative prompt: 模糊，水印" in parameters
+    assert "一张精美的海报" in parameters

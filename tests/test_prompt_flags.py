@@ -10,6 +10,7 @@ from bot.generation import InvalidRequest
 from bot.image_size import ImageSize
 from bot.prompt_flags import PromptFlags, nearest_size, parse_prompt_flags
 from bot.settings import Settings
+from bot.translations import localise
 
 SIZES = Settings.from_env({}).image_sizes
 
@@ -139,3 +140,28 @@ def test_huge_numbers_and_names_get_a_short_what_to_change_error(prompt, message
     with pytest.raises(InvalidRequest, match=re.escape(message)) as caught:
         parse_prompt_flags(prompt)
     assert len(str(caught.value)) < 200  # fits a Discord message, with room to spare
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Chinese text around flags, and what Chinese input methods type for "--" and ":".
+        ("一只红狐狸在雪地里 --ar 16:9 --seed 42", PromptFlags("一只红狐狸在雪地里", (16, 9), 42)),
+        (
+            "一只红狐狸在雪地里 ——ar 16：9 ——no 文字，水印",
+            PromptFlags("一只红狐狸在雪地里", (16, 9), negative_prompt="文字，水印"),
+        ),
+        ("海报上写着“你好 -- 世界”　－－seed 7", PromptFlags("海报上写着“你好 -- 世界”", seed=7)),
+        ("水墨画，山水 --no 人物 --steps 6", PromptFlags("水墨画，山水", negative_prompt="人物", steps=6)),
+        ("一只猫——在垫子上", PromptFlags("一只猫——在垫子上")),  # a Chinese dash inside the prompt stays
+    ],
+)
+def test_chinese_prompts_with_flags(text, expected):
+    assert parse_prompt_flags(text) == expected
+
+
+def test_errors_about_flags_in_chinese_prompts_quote_them_and_read_in_chinese():
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt_flags("一只猫 --ar 宽屏")
+    assert str(caught.value) == "`--ar 宽屏` is not an aspect ratio; write it like `--ar 16:9`."
+    assert localise(caught.value, "zh-CN") == "`--ar 宽屏` 不是有效的宽高比；请写成 `--ar 16:9` 这样的形式。"

@@ -34,7 +34,9 @@ FOOTER = re.compile(r"^Job (\d+) · ")
 JOB_BUTTON = re.compile(r"zimage:(?:cancel|reroll):(\d+)")
 
 
-def restarting(job_id: int) -> str:
+def restarting(job_id: int, locale: str = "en-US") -> str:
+    if locale == "zh-CN":  # the requester's language, long after their command
+        return f"⏸️ 任务 {job_id}：机器人正在重启。你的任务已保存，机器人恢复后会继续运行。"
     return f"⏸️ Job {job_id}: the bot is restarting. Your job is saved and will run when it is back."
 
 
@@ -253,7 +255,8 @@ def assert_posted_after_restart(message, user) -> None:
     """Delivered with the bot token: into the job's own message (found by its stored id), or, where that
     message is not known, as a channel message."""
     assert message.via == "channel" or message.interaction is not None
-    assert message.content.startswith(f"<@{user.id}> ") and "the bot restarted" in message.content, message.content
+    restarted = "机器人已重启" if user.locale == "zh-CN" else "the bot restarted"
+    assert message.content.startswith(f"<@{user.id}> ") and restarted in message.content, message.content
     assert message.allowed_mentions == {"parse": [], "users": [int(user.id)]}
 
 
@@ -360,7 +363,8 @@ async def test_kill_9_twice_and_every_job_is_delivered_once_in_order(launch, dis
 
 async def test_sigterm_with_jobs_queued_then_restart(launch, discord_api, tmp_path):
     data_dir = tmp_path / "data"
-    alice, bob = discord_api.make_user("alice"), discord_api.make_user("bob")
+    # Bob reads Discord in Chinese: every message about his job, across the restart, is in Chinese.
+    alice, bob = discord_api.make_user("alice"), discord_api.make_user("bob", locale="zh-CN")
     first = await launch()
     await first.ready()
     running = await submit(first, "alice running", alice, seed=1, size="512x512", steps=50, count=2)
@@ -379,8 +383,8 @@ async def test_sigterm_with_jobs_queued_then_restart(launch, discord_api, tmp_pa
     assert time.monotonic() - asked_at < 30
     # The waiting users were told, and their jobs kept; the running one was finished and delivered in its
     # own message, or (only on a machine too busy to finish it in the grace time) kept for after the restart.
-    for job, interaction in ((2, bob_waits), (3, alice_waits)):
-        assert interaction.original.content == restarting(job)
+    for job, interaction, user in ((2, bob_waits, bob), (3, alice_waits, alice)):
+        assert interaction.original.content == restarting(job, user.locale)
         assert interaction.original.components == []  # no Cancel button left that could not work
     after_life_1 = await asyncio.to_thread(stored_states, data_dir)
     finished_in_time = bool(running.original.attachments)
@@ -400,9 +404,14 @@ async def test_sigterm_with_jobs_queued_then_restart(launch, discord_api, tmp_pa
     assert_posted_after_restart(posted[3][0], alice)
     assert [posted[job][0].embeds[0]["title"] for job in (2, 3)] == ["bob waits", "alice waits"]
     # Their own messages first said the jobs were queued again, then received the results.
-    for job, interaction in ((2, bob_waits), (3, alice_waits)):
+    for job, interaction, user in ((2, bob_waits, bob), (3, alice_waits, alice)):
         texts = [payload.get("content") for _, payload in interaction.original.history]
-        assert any(text and text.startswith(f"🔄 Job {job}: the bot restarted; your job is saved") for text in texts)
+        notice = (
+            f"🔄 任务 {job}：机器人已重启；你的任务已保存"
+            if user.locale == "zh-CN"
+            else f"🔄 Job {job}: the bot restarted"
+        )
+        assert any(text and text.startswith(notice) for text in texts)
         assert posted[job] == [interaction.original]
 
     # `model ready` came before each life's login and IDENTIFY, and the commands were synced once.

@@ -20,10 +20,12 @@ from discord.ext import commands
 
 from bot.discord_bot.delivery import DiscordJobPresenter
 from bot.discord_bot.error_tree import ZImageCommandTree
+from bot.discord_bot.translator import CatalogueTranslator
 from bot.jobs.runner import JobRunner
 from bot.jobs.store import JobStore
 from bot.jobs.workers import WorkerPool
 from bot.settings import Settings
+from bot.translations import catalogues
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class ZImageBot(commands.Bot):
         self.metrics: Any = None  # bot.metrics.BotMetrics when METRICS_PORT is set
 
     async def setup_hook(self) -> None:
+        # Read the catalogues once, off the loop and before connecting: every text afterwards is a lookup.
+        await asyncio.to_thread(catalogues)
+        # Before any sync: the translator gives every description and choice its zh-CN (and later) texts.
+        await self.tree.set_translator(CatalogueTranslator())
         for extension in EXTENSIONS:
             try:
                 await self.load_extension(extension)
@@ -97,7 +103,12 @@ class ZImageBot(commands.Bot):
         guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
-        commands_json = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        translator = self.tree.translator
+        # The translated payloads, so that a changed catalogue syncs too.
+        commands_json = [
+            await command.get_translated_payload(self.tree, translator) if translator else command.to_dict(self.tree)
+            for command in self.tree.get_commands(guild=guild)
+        ]
         fingerprint = hashlib.sha256(
             json.dumps(
                 {"guild": self.settings.dev_guild_id, "app": self.application_id, "commands": commands_json},

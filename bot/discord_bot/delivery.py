@@ -35,6 +35,7 @@ from bot.jobs.health import TaskHealth
 from bot.jobs.runner import ActiveJob, OutputFile, Undeliverable
 from bot.jobs.store import JobState
 from bot.moderation import ImageAction, image_actions, mentions_minors
+from bot.translations import Text, localise, tr
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ class DiscordJobPresenter:
 
     # ----- final messages ----------------------------------------------------------------------
 
-    async def conclude(self, job: ActiveJob, text: str) -> None:
+    async def conclude(self, job: ActiveJob, text: Text | str) -> None:
+        text = localise(text, job.record.locale)  # the requester's language, long after the interaction
         await self._finish_live(job)
         await self._after_notice(job)
         if await self._edit_own(job, content=text, view=None, embeds=[], attachments=[]):
@@ -152,7 +154,9 @@ class DiscordJobPresenter:
             ("SPOILER_" + name if spoiler else name, data)
             for (name, data), spoiler in zip(uploads, spoilers, strict=True)
         ]
-        notes = "\n".join(filter(None, [note, "The full-size PNG is kept on the server." if as_jpeg else None]))
+        locale = job.record.locale
+        kept_png = tr(locale, "The full-size PNG is kept on the server.") if as_jpeg else None
+        notes = "\n".join(filter(None, [note, kept_png]))
         kept = f"\n{notes}" if notes else ""
         record = job.record
         embed = result_embed(
@@ -187,14 +191,19 @@ class DiscordJobPresenter:
                 if not _token_dead(error):
                     raise
                 log.info("job %d: interaction token no longer valid (%s); using the bot token", job.job_id, error.code)
-        reason = "the bot restarted" if job.resumed else "the request took longer than Discord allows for replies"
+        reason = (
+            Text("the bot restarted")
+            if job.resumed
+            else Text("the request took longer than Discord allows for replies")
+        )
         if record.status_message_id is not None:
             try:
                 await (
                     self._channel(job)
                     .get_partial_message(record.status_message_id)
                     .edit(
-                        content=f"<@{job.user_id}> here is your image ({reason}).{kept}",
+                        content=tr(locale, "<@{user}> here is your image ({reason}).", user=job.user_id, reason=reason)
+                        + kept,
                         embed=embed,
                         attachments=_files(uploads),
                         view=result_view(job.job_id, job.request.count, requester_locale(job)),
@@ -208,7 +217,13 @@ class DiscordJobPresenter:
                 log.info("job %d: its message cannot be edited (%s); posting to the channel", job.job_id, error)
         try:
             message = await self._channel(job).send(
-                f"<@{job.user_id}> here is your image (posted here because {reason}).{kept}",
+                tr(
+                    locale,
+                    "<@{user}> here is your image (posted here because {reason}).",
+                    user=job.user_id,
+                    reason=reason,
+                )
+                + kept,
                 embed=embed,
                 files=_files(uploads),
                 view=result_view(job.job_id, job.request.count, requester_locale(job)),
@@ -231,8 +246,13 @@ class DiscordJobPresenter:
         try:
             channel = await self.bot.create_dm(discord.Object(job.user_id))
             message = await channel.send(
-                f"Job {job.job_id}: your image could not be posted in <#{job.record.channel_id}> ({why}), "
-                "so here it is.",
+                tr(
+                    job.record.locale,
+                    "Job {job}: your image could not be posted in <#{channel}> ({why}), so here it is.",
+                    job=job.job_id,
+                    channel=job.record.channel_id,
+                    why=why,
+                ),
                 embed=embed,
                 files=_files(uploads),
                 view=result_view(job.job_id, job.request.count, requester_locale(job)),
@@ -269,7 +289,7 @@ class DiscordJobPresenter:
             if action in (ImageAction.POST, ImageAction.SPOILER)
         ]
         log.info("job %d: policy %s, images %s", job.job_id, policy.value, [action.value for action in actions])
-        return shown, withheld_note(actions)
+        return shown, withheld_note(actions, job.record.locale)
 
     async def _age_restricted(self, job: ActiveJob) -> bool:
         """Whether the job's channel is marked NSFW (a thread: its parent). DMs are not; a channel the bot
@@ -294,8 +314,13 @@ class DiscordJobPresenter:
         self._notices[job.job_id] = self.health.spawn(
             self._edit_quietly(
                 job,
-                content=f"🔄 Job {job.job_id}: the bot restarted; your job is saved and queued again. "
-                f"The result will be posted here.\n{quote(job.request.prompt)}",
+                content=tr(
+                    job.record.locale,
+                    "🔄 Job {job}: the bot restarted; your job is saved and queued again. "
+                    "The result will be posted here.",
+                    job=job.job_id,
+                )
+                + f"\n{quote(job.request.prompt)}",
                 view=cancel_view(job.job_id),
             ),
             name=f"restart-notice-{job.job_id}",
@@ -401,32 +426,55 @@ def _files(uploads: list[tuple[str, bytes]]) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in uploads]
 
 
-def withheld_note(actions: list[ImageAction]) -> str | None:
-    """What the job's message says about flagged images, or None when every image is posted as it is."""
+def withheld_note(actions: list[ImageAction], locale: object | None = None) -> str | None:
+    """What the job's message says about flagged images, in `locale`, or None when every image is posted
+    as it is. Whole sentences for one image and for several, so that each language words them its own way."""
     total = len(actions)
-
-    def some(count: int) -> str:
-        return "The image was" if total == 1 else f"{count} of {total} images were"
-
     notes = []
     withheld = actions.count(ImageAction.WITHHOLD)
     if withheld:
-        them = "it" if total == 1 else "them"
         notes.append(
-            f"🔞 {some(withheld)} withheld: the safety check flagged {them}. An age-restricted channel shows {them}."
+            tr(locale, "🔞 The image was withheld: the safety check flagged it. An age-restricted channel shows it.")
+            if total == 1
+            else tr(
+                locale,
+                "🔞 {count} of {total} images were withheld: the safety check flagged them. "
+                "An age-restricted channel shows them.",
+                count=withheld,
+                total=total,
+            )
         )
     never = actions.count(ImageAction.NEVER)
     if never:
         notes.append(
-            f"🚫 {some(never)} withheld and will not be posted anywhere: the safety check flagged "
-            f"{'it' if total == 1 else 'them'} and the prompt mentions minors."
+            tr(
+                locale,
+                "🚫 The image was withheld and will not be posted anywhere: the safety check flagged it "
+                "and the prompt mentions minors.",
+            )
+            if total == 1
+            else tr(
+                locale,
+                "🚫 {count} of {total} images were withheld and will not be posted anywhere: the safety check "
+                "flagged them and the prompt mentions minors.",
+                count=never,
+                total=total,
+            )
         )
     spoilered = actions.count(ImageAction.SPOILER)
     if spoilered:
         notes.append(
-            "⚠️ Content note: the safety check flagged this image as possibly NSFW; it is shown as a spoiler."
+            tr(
+                locale,
+                "⚠️ Content note: the safety check flagged this image as possibly NSFW; it is shown as a spoiler.",
+            )
             if total == 1
-            else f"⚠️ Content note: the safety check flagged {spoilered} of {total} images as possibly NSFW; "
-            "they are shown as spoilers."
+            else tr(
+                locale,
+                "⚠️ Content note: the safety check flagged {count} of {total} images as possibly NSFW; "
+                "they are shown as spoilers.",
+                count=spoilered,
+                total=total,
+            )
         )
     return "\n".join(notes) or None

@@ -16,35 +16,41 @@ from discord import app_commands
 
 from bot.generation import GenerationError
 from bot.jobs.queue import QueueRefusal
+from bot.translations import Text, localise, tr
 
 log = logging.getLogger(__name__)
 
 
 class NotAllowed(app_commands.CheckFailure):
-    """The user may not do this (admin only, or not their job)."""
+    """The user may not do this (admin only, or not their job). Its message is a Text, like every error users see."""
 
 
 # Errors whose message is written for the user.
 USER_FACING = (GenerationError, QueueRefusal, NotAllowed)
 
 
-def user_message(error: BaseException) -> tuple[str, bool]:
-    """The text to show and whether the error was expected."""
+def user_message(error: BaseException, locale: object | None = None) -> tuple[str, bool]:
+    """The text to show in `locale` and whether the error was expected. User-facing errors carry a Text
+    (`InvalidRequest(Text(...))`), rendered here in the reader's language."""
     if isinstance(error, (app_commands.CommandInvokeError, app_commands.TransformerError)) and error.__cause__:
         error = error.__cause__
     if isinstance(error, USER_FACING):
-        return str(error), True
+        return localise(error, locale), True
     if isinstance(error, app_commands.CheckFailure):
-        return "You are not allowed to use this command.", True
+        return tr(locale, "You are not allowed to use this command."), True
     return "", False
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
-    text, expected = user_message(error)
+    text, expected = user_message(error, interaction.locale)
     if not expected:
         error_id = secrets.token_hex(4)
         log.error("error %s in %s", error_id, _describe(interaction), exc_info=error)
-        text = f"Something went wrong on our side (error id `{error_id}`). The bot is still running; try again."
+        text = tr(
+            interaction.locale,
+            "Something went wrong on our side (error id `{error_id}`). The bot is still running; try again.",
+            error_id=error_id,
+        )
     await send_private(interaction, text)
 
 
@@ -58,8 +64,9 @@ def answer_privately_from_now_on(interaction: discord.Interaction) -> None:
     interaction.extras[_PUBLIC_THINKING] = True
 
 
-async def send_private(interaction: discord.Interaction, text: str) -> None:
+async def send_private(interaction: discord.Interaction, text: str | Text) -> None:
     """Answer ephemerally through whichever route is still open: response, followup, or nothing."""
+    text = localise(text, interaction.locale)
     try:
         if interaction.extras.pop(_PUBLIC_THINKING, False):
             try:

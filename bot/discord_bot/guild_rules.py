@@ -17,8 +17,9 @@ from bot.discord_bot.error_tree import NotAllowed
 from bot.generation import GenerationRequest, InvalidRequest
 from bot.jobs.store import JobStore
 from bot.moderation import asks_for_sexual_minors, blocked_word_in
+from bot.translations import Text
 
-MINORS_REFUSAL = "This bot never makes sexual content involving minors. Nothing was queued."
+MINORS_REFUSAL = Text("This bot never makes sexual content involving minors. Nothing was queued.")
 
 
 def next_utc_midnight(now: dt.datetime | None = None) -> dt.datetime:
@@ -46,24 +47,29 @@ async def check_imagine_allowed(
         here = {interaction.channel_id, getattr(channel, "parent_id", None)}  # a thread counts as its channel
         if not here & set(settings.allowed_channels):
             where = ", ".join(f"<#{channel_id}>" for channel_id in settings.allowed_channels)
-            raise NotAllowed(f"In this server /imagine works in {where}; try it there.")
+            raise NotAllowed(Text("In this server /imagine works in {channels}; try it there.", channels=where))
 
     if settings.required_role is not None:
         member = interaction.user
         if not isinstance(member, discord.Member) or member.get_role(settings.required_role) is None:
             raise NotAllowed(
-                f"In this server /imagine needs the <@&{settings.required_role}> role; ask a moderator for it."
+                Text(
+                    "In this server /imagine needs the <@&{role}> role; ask a moderator for it.",
+                    role=settings.required_role,
+                )
             )
 
     word = blocked_word_in([request.prompt, request.negative_prompt], settings.blocked_words)
     if word is not None:
-        raise InvalidRequest(f'This server blocks "{word}" in prompts; take it out and try again.')
+        raise InvalidRequest(Text('This server blocks "{word}" in prompts; take it out and try again.', word=word))
 
     if request.count > settings.max_count:
         if not clamp:
             raise InvalidRequest(
-                f"This server allows at most {settings.max_count} image(s) a job; ask for {settings.max_count} "
-                "or fewer with `count`."
+                Text(
+                    "This server allows at most {count} image(s) a job; ask for {count} or fewer with `count`.",
+                    count=settings.max_count,
+                )
             )
         request = replace(request, count=settings.max_count)
 
@@ -72,16 +78,25 @@ async def check_imagine_allowed(
         since = (reset - dt.timedelta(days=1)).timestamp()
         used = await asyncio.to_thread(store.images_since, guild_id, interaction.user.id, since)
         left = max(0, settings.daily_limit - used)
-        when = f"<t:{int(reset.timestamp())}:R> (midnight UTC, <t:{int(reset.timestamp())}:t> your time)"
+        when = Text("<t:{time}:R> (midnight UTC, <t:{time}:t> your time)", time=int(reset.timestamp()))
         if left == 0:
             raise NotAllowed(
-                f"You have made your {settings.daily_limit} images for today in this server. The count resets {when}."
+                Text(
+                    "You have made your {limit} images for today in this server. The count resets {when}.",
+                    limit=settings.daily_limit,
+                    when=when,
+                )
             )
         if request.count > left:
             if not clamp:
                 raise NotAllowed(
-                    f"You have {left} of your {settings.daily_limit} images for today left in this server: ask "
-                    f"for {left} or fewer with `count`. The count resets {when}."
+                    Text(
+                        "You have {left} of your {limit} images for today left in this server: ask "
+                        "for {left} or fewer with `count`. The count resets {when}.",
+                        left=left,
+                        limit=settings.daily_limit,
+                        when=when,
+                    )
                 )
             request = replace(request, count=left)
     return request

@@ -17,6 +17,7 @@ from discord import app_commands
 
 from bot.discord_bot.error_tree import NotAllowed
 from bot.jobs.store import JobRecord
+from bot.translations import Text
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ def is_guild_admin(interaction: discord.Interaction, guild_id: int | None = None
     return permissions.administrator or permissions.manage_guild
 
 
-def no_such_job(job_id: int) -> str:
+def no_such_job(job_id: int) -> Text:
     """The answer for a job that does not exist, and for one the asker may not see: the same text."""
-    return f"There is no job {job_id} (old jobs are removed after a while)."
+    return Text("There is no job {job} (old jobs are removed after a while).", job=job_id)
 
 
 async def may_see_job(interaction: discord.Interaction, record: JobRecord) -> bool:
@@ -54,15 +55,20 @@ async def may_see_job(interaction: discord.Interaction, record: JobRecord) -> bo
     return await is_operator(interaction)
 
 
-async def require_job_manager(interaction: discord.Interaction, record: JobRecord, what: str) -> None:
-    """The requester, an admin of the job's guild or an operator; NotAllowed for anyone else."""
+async def require_job_manager(interaction: discord.Interaction, record: JobRecord, what: str | Text) -> None:
+    """The requester, an admin of the job's guild or an operator; NotAllowed for anyone else.
+    `what` is a Text (`Text("cancel it")`) so that the refusal reads whole in the asker's language."""
     if interaction.user.id == record.user_id or is_guild_admin(interaction, record.guild_id):
         return
     if await is_operator(interaction):
         return
     raise NotAllowed(
-        f"Only the person who asked for job {record.id}, an admin of the server it was made in, "
-        f"or the bot's operator can {what}."
+        Text(
+            "Only the person who asked for job {job}, an admin of the server it was made in, "
+            "or the bot's operator can {what}.",
+            job=record.id,
+            what=what,
+        )
     )
 
 
@@ -71,7 +77,7 @@ def operators_only():
 
     async def predicate(interaction: discord.Interaction) -> bool:
         if not await is_operator(interaction):
-            raise NotAllowed("This command is for the bot's operators only.")
+            raise NotAllowed(Text("This command is for the bot's operators only."))
         return True
 
     return app_commands.check(predicate)
@@ -82,9 +88,9 @@ def guild_admins_only():
 
     async def predicate(interaction: discord.Interaction) -> bool:
         if interaction.guild_id is None:
-            raise NotAllowed("Server settings are changed in the server: run /settings there.")
+            raise NotAllowed(Text("Server settings are changed in the server: run /settings there."))
         if not is_guild_admin(interaction):
-            raise NotAllowed("Only members with the Manage Server or Administrator permission can use /settings.")
+            raise NotAllowed(Text("Only members with the Manage Server or Administrator permission can use /settings."))
         return True
 
     return app_commands.check(predicate)

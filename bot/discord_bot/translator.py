@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.app_commands import TranslationContextLocation
 
-from bot.translations import catalogues
+from bot.translations import Text, catalogues
 
 ENGLISH_ONLY = (
     TranslationContextLocation.command_name,
@@ -24,4 +24,8 @@ class CatalogueTranslator(app_commands.Translator):
     ) -> str | None:
         if context.location in ENGLISH_ONLY:
             return None
+        # A text made at run time (a size choice) carries its Text: `locale_str(english, text=Text(...))`.
+        text = string.extras.get("text")
+        if isinstance(text, Text):
+            return text.render(locale) if catalogues().lookup(text.message, locale) is not None else None
         return catalogues().lookup(string.message, locale)

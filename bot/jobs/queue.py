@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from bot.translations import Text
+
 
 class QueueRefusal(Exception):
-    """The job was not accepted; the message tells the user why and what to do."""
+    """The job was not accepted; the message (a Text) tells the user why and what to do."""
 
 
-SHUTTING_DOWN = "The bot is shutting down and not taking new jobs; try again in a minute."
+SHUTTING_DOWN = Text("The bot is shutting down and not taking new jobs; try again in a minute.")
 
 
 @dataclass(eq=False)
@@ -49,11 +51,16 @@ class GenerationQueue(Generic[Entry]):
         if self._closed:
             raise QueueRefusal(SHUTTING_DOWN)
         if len(self) + sum(self._reserved.values()) >= self.max_queue:
-            raise QueueRefusal(f"The queue is full ({self.max_queue} jobs waiting). Try again when it has gone down.")
+            raise QueueRefusal(
+                Text("The queue is full ({count} jobs waiting). Try again when it has gone down.", count=self.max_queue)
+            )
         if self.jobs_of(user_id) + self._reserved[user_id] >= self.max_jobs_per_user:
             raise QueueRefusal(
-                f"You already have {self.max_jobs_per_user} jobs queued or running, the most allowed. "
-                "Wait for one to finish (or cancel one) and try again."
+                Text(
+                    "You already have {count} jobs queued or running, the most allowed. "
+                    "Wait for one to finish (or cancel one) and try again.",
+                    count=self.max_jobs_per_user,
+                )
             )
 
     def reserve(self, user_id: int) -> None:

@@ -34,6 +34,7 @@ from bot.generation import (
 )
 from bot.jobs.workers import WorkerLost, WorkerPool
 from bot.settings import Settings
+from bot.translations import Text
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class RayBackend:
             cause = error.cause
             if isinstance(cause, GenerationError):
                 raise cause from None  # cancelled, out of memory, bad input: the same as on a local worker
-            raise GenerationError(f"the worker failed ({type(cause).__name__})") from None
+            raise GenerationError(Text("the worker failed ({error})", error=type(cause).__name__)) from None
         except (*_ACTOR_GONE, ray.exceptions.GetTimeoutError) as error:
             self.ready = False
             raise WorkerLost(f"the Ray worker {self.actor_name} died ({type(error).__name__})") from None

@@ -37,6 +37,7 @@ from bot.jobs.store import JobRecord, JobState, JobStore
 from bot.jobs.workers import Worker, WorkerLost, WorkerPool
 from bot.moderation import asks_for_sexual_minors, blocked_word_in
 from bot.settings import Settings
+from bot.translations import Text, message_of
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ IMAGE_INPUT_FIELDS = ("source_image", "source_sha256", "strength", "style", "sty
 SHUTDOWN_TIMEOUT = 25.0
 CANCEL_BEFORE = 8.0
 NOTICE_CONCURRENCY = 8  # "the bot is restarting" edits in flight at once: parallel, but polite to Discord
-RESTARTING = "⏸️ Job {job_id}: the bot is restarting. Your job is saved and will run when it is back."
 
 
 class Undeliverable(Exception):
@@ -101,8 +101,9 @@ class JobPresenter(Protocol):
         job's own message). Raises Undeliverable when it never can be posted, anything else when
         trying again later may work."""
 
-    async def conclude(self, job: ActiveJob, text: str) -> None:
-        """Replace the job's message with a final text (cancelled, failed, shutting down)."""
+    async def conclude(self, job: ActiveJob, text: Text) -> None:
+        """Replace the job's message with a final text (cancelled, failed, shutting down), rendered in the
+        requester's language (`job.record.locale`)."""
 
     def resumed(self, job: ActiveJob) -> None:
         """Say (in the background) that a job from before a restart is queued again."""
@@ -239,7 +240,13 @@ class JobRunner:
 
         async def tell(job: ActiveJob) -> None:
             async with limit:
-                await self._conclude(job, RESTARTING.format(job_id=job.job_id))
+                await self._conclude(
+                    job,
+                    Text(
+                        "⏸️ Job {job}: the bot is restarting. Your job is saved and will run when it is back.",
+                        job=job.job_id,
+                    ),
+                )
 
         await asyncio.gather(*(tell(job) for job in waiting))
 
@@ -314,21 +321,22 @@ class JobRunner:
     def find(self, job_id: int) -> ActiveJob | None:
         return self.queue.find(job_id)
 
-    async def cancel(self, job_id: int, by_user: int) -> str:
-        """Cancel a waiting or running job; returns what happened, for the person who asked."""
+    async def cancel(self, job_id: int, by_user: int) -> Text:
+        """Cancel a waiting or running job; returns what happened, for the person who asked (a Text:
+        `str()` is the English)."""
         job = await self.queue.remove(job_id)
         if job is not None:
             job.cancelled_by = by_user
             await self._mark(job, JobState.CANCELLED, finished_at=time.time())
-            await self._conclude(job, f"🚫 Job {job_id} cancelled before it started.")
+            await self._conclude(job, Text("🚫 Job {job} cancelled before it started.", job=job_id))
             self._refresh_positions()
-            return "cancelled before it started"
+            return Text("cancelled before it started")
         running = next((job for job in self.queue.running_jobs if job.job_id == job_id), None)
         if running is not None:
             running.cancelled_by = by_user
             running.cancel.cancel()  # the GPU thread stops at the end of the current step
-            return "stopping after the current step"
-        return "already finished"
+            return Text("stopping after the current step")
+        return Text("already finished")
 
     async def set_paused(self, paused: bool) -> None:
         await self.queue.set_paused(paused)
@@ -353,7 +361,8 @@ class JobRunner:
                 log.exception("job %d failed unexpectedly", job.job_id)
                 self.health.note(f"job {job.job_id}", error)
                 await self._fail(
-                    job, f"⚠️ Job {job.job_id} failed: something went wrong making it; the error was logged."
+                    job,
+                    Text("⚠️ Job {job} failed: something went wrong making it; the error was logged.", job=job.job_id),
                 )
             finally:
                 self.workers.stopped(worker)
@@ -379,10 +388,10 @@ class JobRunner:
                 await self._mark(job, JobState.QUEUED)  # not the user's doing: run it after restart
             else:
                 await self._mark(job, JobState.CANCELLED, finished_at=time.time())
-                await self._conclude(job, f"🚫 Job {job.job_id} cancelled.")
+                await self._conclude(job, Text("🚫 Job {job} cancelled.", job=job.job_id))
             return
         except InvalidRequest as error:
-            await self._fail(job, f"⚠️ Job {job.job_id} failed: {error}.")
+            await self._fail(job, _failed(job, error))
             return
         except WorkerLost as error:
             # Not the job's fault: it runs again on the next worker, now or once one is back.
@@ -401,7 +410,7 @@ class JobRunner:
                 await self._mark(job, JobState.QUEUED)
                 await self.queue.put(job, bypass_limits=True)
                 return
-            await self._fail(job, f"⚠️ Job {job.job_id} failed: {error}.")
+            await self._fail(job, _failed(job, error))
             return
         self.workers.succeeded(worker, result)
         # A backend that could not run the check before drawing (a Ray actor in another process) is held
@@ -470,8 +479,12 @@ class JobRunner:
                 reason = error.strerror or type(error).__name__
                 await self._fail(
                     job,
-                    f"⚠️ Job {job.job_id} failed: the server could not save the image ({reason}). "
-                    "The bot's operator must fix OUTPUT_DIR (free space or permissions); try again after that.",
+                    Text(
+                        "⚠️ Job {job} failed: the server could not save the image ({reason}). "
+                        "The bot's operator must fix OUTPUT_DIR (free space or permissions); try again after that.",
+                        job=job.job_id,
+                        reason=reason,
+                    ),
                 )
                 return
             try:
@@ -616,7 +629,7 @@ class JobRunner:
         if self.presenter is not None and (not self._stopping or job is self.queue.running):
             self.presenter.show(job)
 
-    async def _conclude(self, job: ActiveJob, text: str) -> None:
+    async def _conclude(self, job: ActiveJob, text: Text) -> None:
         if self.presenter is None:
             return
         try:
@@ -624,15 +637,17 @@ class JobRunner:
         except Exception:
             log.exception("could not update the message of job %d", job.job_id)
 
-    async def _fail(self, job: ActiveJob, text: str) -> None:
-        """Mark the job FAILED and tell its requester; never raises."""
+    async def _fail(self, job: ActiveJob, text: Text) -> None:
+        """Mark the job FAILED and tell its requester; never raises. The store keeps the English text."""
         try:
-            await self._mark(job, JobState.FAILED, error=text, finished_at=time.time())
+            await self._mark(job, JobState.FAILED, error=str(text), finished_at=time.time())
         except Exception as error:
             # The store keeps it unfinished, so it runs again after the next start; say so.
             log.exception("job %d: could not record that it failed", job.job_id)
             self.health.note("job store", error)
-            text += " It could not be recorded either, so it may run again after the bot restarts."
+            text = Text(
+                "{text} It could not be recorded either, so it may run again after the bot restarts.", text=text
+            )
         await self._conclude(job, text)
 
     async def _mark(self, job: ActiveJob, state: JobState, **fields) -> None:
@@ -655,6 +670,10 @@ def enhanced_prompt_check(blocked_words: tuple[str, ...]) -> Callable[[str], str
         return None
 
     return check
+
+
+def _failed(job: ActiveJob, error: BaseException) -> Text:
+    return Text("⚠️ Job {job} failed: {reason}.", job=job.job_id, reason=message_of(error))
 
 
 def _files_of(record: JobRecord) -> list[OutputFile]:

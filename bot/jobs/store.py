@@ -99,6 +99,9 @@ class JobRecord:
     enhance: bool = False  # the requester asked for the prompt enhancer
     enhanced_prompt: str | None = None  # the prompt the images were made from, when the enhancer's was used
     enhancement_note: str | None = None  # why an asked-for enhancement was not used
+    # The requester's Discord locale ("zh-CN"), from the interaction that asked: messages that outlive
+    # the interaction (status, result, restart notices, DMs) are written in it. None: English.
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE jobs ADD COLUMN enhanced_prompt TEXT",
         "ALTER TABLE jobs ADD COLUMN enhancement_note TEXT",
     ),
+    ("ALTER TABLE jobs ADD COLUMN locale TEXT",),  # the requester's language
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

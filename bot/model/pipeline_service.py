@@ -42,6 +42,7 @@ from bot.model.offload import apply_offload
 from bot.model.safety import SafetyChecker, SafetyModelError, fetch_classifier
 from bot.model.styles import StyleBank, StyleError
 from bot.settings import MAX_STEPS, Settings
+from bot.translations import Text
 
 # Read by diffusers when it is imported: load the shards of each model in parallel.
 os.environ.setdefault("HF_ENABLE_PARALLEL_LOADING", "yes")
@@ -188,13 +189,25 @@ class PipelineService:
         request = validate_request(request, max_steps=MAX_STEPS)
         if request.style is not None:
             if request.style not in self.styles.names:
-                offered = ", ".join(self.styles.names) or "none are set up on this bot"
-                raise InvalidRequest(f"Style {request.style!r} is not offered; choose one of: {offered}.")
+                if not self.styles.names:
+                    raise InvalidRequest(
+                        Text(
+                            "Style {style} is not offered: no styles are set up on this bot.", style=repr(request.style)
+                        )
+                    )
+                offered = ", ".join(self.styles.names)
+                raise InvalidRequest(
+                    Text(
+                        "Style {style} is not offered; choose one of: {offered}.",
+                        style=repr(request.style),
+                        offered=offered,
+                    )
+                )
             if request.style_weight is None:
                 # Recorded in the PNG's parameters, so the picture can be made again with the same weight.
                 request = replace(request, style_weight=self.styles.default_weight(request.style))
         if not self.ready:
-            raise GenerationError(f"the model is not ready (state: {self.state.value})")
+            raise GenerationError(Text("the model is not ready (state: {state})", state=self.state.value))
         return self._worker.submit(self._generate, request, progress, cancel or CancelToken(), prompt_check)
 
     def generate(self, request: GenerationRequest, **kwargs) -> GenerationResult:
@@ -204,7 +217,7 @@ class PipelineService:
     def enhance(self, prompt: str, seed: int) -> EnhancedPrompt:
         """Rewrite a prompt on the worker thread (blocking); the original, with a note, when it cannot."""
         if not self.ready:
-            raise GenerationError(f"the model is not ready (state: {self.state.value})")
+            raise GenerationError(Text("the model is not ready (state: {state})", state=self.state.value))
         return self._worker.submit(self._enhance, prompt, seed).result()
 
     @property
@@ -237,7 +250,7 @@ class PipelineService:
         that need the pipeline itself (the benchmark), without a second thread ever touching it."""
         pipe = self._pipe
         if pipe is None or not self.ready:
-            raise GenerationError(f"the model is not ready (state: {self.state.value})")
+            raise GenerationError(Text("the model is not ready (state: {state})", state=self.state.value))
         return self._worker.submit(function, pipe).result()
 
     def gpu_memory(self) -> GpuMemory | None:
@@ -548,7 +561,7 @@ class PipelineService:
         if request.source_image is not None and not Path(request.source_image).is_file():
             # Retention removed it while the job waited (or the operator cleaned OUTPUT_DIR).
             raise GenerationError(
-                "the picture this job starts from was removed (old pictures are deleted after a while)"
+                Text("the picture this job starts from was removed (old pictures are deleted after a while)")
             )
         try:
             return self._run(request, progress, cancel, prompt_check)
@@ -563,7 +576,9 @@ class PipelineService:
         except Exception as error:
             log.exception("generation failed for %r", request)
             self._free_memory()
-            raise GenerationError(f"the model failed on this request ({type(error).__name__})") from error
+            raise GenerationError(
+                Text("the model failed on this request ({error})", error=type(error).__name__)
+            ) from error
 
     def _run(
         self,
