@@ -358,7 +358,7 @@ async def test_a_chinese_client_gets_chinese_answers(start_bot, discord_api):
     user.locale = "zh-CN"
     interaction = await discord_api.invoke("imagine", {"prompt": "一只猫", "strength": 0.4}, user=user)
     answer = await reply_text(discord_api, interaction)
-    assert answer.ephemeral and "重绘强度只在从图片开始时有效" in answer.content
+    assert answer.ephemeral and "只在以图片为起点时有效" in answer.content
     plain = discord_api.post_user_message("没有图片", user=user)
     menu = await discord_api.invoke_message_command("Imagine from image", plain, user=user)
     answer = await reply_text(discord_api, menu)

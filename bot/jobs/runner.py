@@ -417,7 +417,14 @@ class JobRunner:
         # to it here: pictures of a prompt the server blocks are never posted.
         reason = prompt_check(result.prompt_used) if prompt_check is not None and result.enhanced else None
         if reason:
-            await self._fail(job, f"⚠️ Job {job.job_id} failed: {reason}. Nothing was posted; change the prompt.")
+            await self._fail(
+                job,
+                Text(
+                    "⚠️ Job {job} failed: {reason}. Nothing was posted; change the prompt.",
+                    job=job.job_id,
+                    reason=reason,
+                ),
+            )
             return
         self._hand_over(job, result)
 
