@@ -204,7 +204,8 @@ def result_embed(
         embed.add_field(name=tr(locale, "Your picture"), value="\n".join(notes)[:1024], inline=False)
     if first_file:
         embed.set_image(url=f"attachment://{first_file}")
-    embed.set_footer(text=tr(locale, "Job {job_id}", job_id=job_id) + f" · {model_id}")
+    # The footer is how the bot (and people) find a result's job again: the same in every language.
+    embed.set_footer(text=f"Job {job_id} · {model_id}")
     return embed
 
 
