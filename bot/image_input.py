@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -301,11 +302,11 @@ def _store(data: bytes, output_dir: Path) -> SavedInput:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest}.png"
     if not path.exists():
-        # Written under a temporary name and renamed, so a crash never leaves a half file under the
-        # name that jobs refer to.
-        partial = folder / f".{digest}.partial"
-        partial.write_bytes(data)
-        partial.replace(path)
+        # Written under a temporary name of its own and renamed, so a crash never leaves a half file
+        # under the name that jobs refer to, and two workers saving the same picture do not collide.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{digest}.", suffix=".partial", delete=False) as file:
+            file.write(data)
+        Path(file.name).replace(path)
     return SavedInput(path, digest)
 
 

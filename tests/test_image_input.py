@@ -211,3 +211,16 @@ def test_saved_input_is_a_png_named_by_its_hash_and_stored_once(tmp_path: Path):
     assert np.array_equal(np.asarray(Image.open(first.path)), np.asarray(prepared.image))
     # Upscale reads it back at a larger size.
     assert load_source(first.path, ImageSize(2048, 2048)).size == (2048, 2048)
+
+
+def test_two_threads_saving_the_same_picture_at_once_both_succeed(tmp_path):
+    # Several workers warm up side by side and each saves the same grey picture.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.image_input import save_input
+
+    picture = Image.new("RGB", (64, 64), (128, 128, 128))
+    with ThreadPoolExecutor(8) as pool:
+        saved = list(pool.map(lambda _: save_input(picture, tmp_path), range(32)))
+    assert len({entry.path for entry in saved}) == 1 and saved[0].path.is_file()
+    assert [path.name for path in (tmp_path / "inputs").iterdir()] == [saved[0].path.name]
