@@ -219,8 +219,9 @@ def test_two_threads_saving_the_same_picture_at_once_both_succeed(tmp_path):
 
     from bot.image_input import save_input
 
-    picture = Image.new("RGB", (64, 64), (128, 128, 128))
+    # A large noisy picture: writing it takes long enough for the threads' writes to overlap.
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8))
     with ThreadPoolExecutor(8) as pool:
-        saved = list(pool.map(lambda _: save_input(picture, tmp_path), range(32)))
+        saved = list(pool.map(lambda _: save_input(picture, tmp_path), range(16)))
     assert len({entry.path for entry in saved}) == 1 and saved[0].path.is_file()
     assert [path.name for path in (tmp_path / "inputs").iterdir()] == [saved[0].path.name]
