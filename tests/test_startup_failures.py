@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -52,3 +54,15 @@ def test_running_out_of_gpu_memory_while_loading_says_which_offload_to_use(tmp_p
     assert message.startswith("the GPU (") and "ran out of memory while loading the model" in message
     assert f"with OFFLOAD={offload}: " in message and advice in message and "\n" not in message
     assert service.state is ServiceState.CLOSED
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+async def test_a_stop_while_the_model_loads_is_a_clean_exit_without_a_traceback(launch, discord_api, stop):  # noqa: F811
+    bot = await launch()
+    # The safety classifier loads first; the pipeline and its warm-up take seconds after it.
+    await bot.until(lambda: bot.line_time("safety model"), 120, "the start of loading")
+    bot.process.send_signal(getattr(signal, stop))
+    assert await bot.exit_status() == 0
+    assert "zimage-bot: stopped (before connecting to Discord)" in bot.stderr, bot.tail()
+    assert "Traceback" not in bot.stderr and MODEL_READY not in bot.stderr
+    assert discord_api.identify_count == 0
