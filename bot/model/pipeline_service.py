@@ -96,6 +96,14 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to change."""
 
 
+class _CompileSetupFailed(Exception):
+    """torch.compile refused the transformer's blocks before any warm-up call."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class ServiceState(str, enum.Enum):
     NEW = "not loaded"
     LOADING = "loading"
@@ -321,6 +329,11 @@ class PipelineService:
     def _load_pipeline(self) -> ZImagePipeline:
         try:
             return self._from_pretrained()
+        except _CompileSetupFailed as failed:
+            # Some blocks may be wrapped already: a fresh, uncompiled copy is the one clean state.
+            self._give_up_compiling(failed.error)
+            self._free_memory()
+            return self._load_pipeline()
         except ModelLoadError:
             raise
         except Exception as error:
@@ -451,7 +464,10 @@ class PipelineService:
             raise ModelLoadError(str(error)) from error
         if self.compile:
             _use_persistent_compile_cache(settings.data_dir / "compile-cache")
-            pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
+            try:
+                pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
+            except Exception as error:
+                raise _CompileSetupFailed(error) from error
         return pipe
 
     def _warm_up(self) -> None:
@@ -468,20 +484,23 @@ class PipelineService:
             if not self.compile:
                 log.debug("warm-up failed", exc_info=True)
                 raise ModelLoadError(f"the warm-up generation failed ({_one_line(error)})") from error
-            log.warning(
-                "compiling the transformer failed (%s); running it uncompiled (slower). Set COMPILE=0 to skip "
-                "compiling, or fix the compiler (LOG_LEVEL=DEBUG shows the details)",
-                _one_line(error),
-            )
-            log.debug("the compile failure", exc_info=True)
+            self._give_up_compiling(error)
             # A fresh, uncompiled copy: no compiled block and no half-built compiler state survives.
             self._pipe = self._img2img = None
-            torch.compiler.reset()
             self._free_memory()
-            self.compile = False
             self._pipe = self._load_pipeline()
             self._img2img = image_to_image_pipeline(self._pipe)
             self._warm_up()
+
+    def _give_up_compiling(self, error: Exception) -> None:
+        log.warning(
+            "compiling the transformer failed (%s); running it uncompiled (slower). Set COMPILE=0 to skip "
+            "compiling, or fix the compiler (LOG_LEVEL=DEBUG shows the details)",
+            _one_line(error),
+        )
+        log.debug("the compile failure", exc_info=True)
+        torch.compiler.reset()
+        self.compile = False
 
     def _warm_up_calls(self) -> None:
         """Real generations, so the first user's image is as fast as every later one.
