@@ -87,9 +87,10 @@ COMPILE_OPTIONS: dict = {"fullgraph": True}
 PromptCheck = Callable[[str], "str | None"]
 
 # Several devices load side by side (bot/model/devices.py), but from_pretrained builds each model on
-# the meta device by patching torch.nn.Module for the whole process; two at once can leave the patch in
-# place, and every later load fails. One from_pretrained at a time; warm-up still runs in parallel.
-_FROM_PRETRAINED_LOCK = threading.Lock()
+# the meta device by patching torch.nn.Module for the whole process: any module built or weight set in
+# another thread meanwhile lands on the meta device too (the safety classifier, the enhancer's head,
+# LoRA layers). So every step that builds or moves modules holds this lock; warm-up runs in parallel.
+_LOAD_LOCK = threading.Lock()
 
 
 class ModelLoadError(RuntimeError):
@@ -298,8 +299,7 @@ class PipelineService:
             download_model(settings.model_id, settings.model_revision)
 
         started = time.perf_counter()
-        self._pipe = self._load_pipeline()
-        self._img2img = image_to_image_pipeline(self._pipe)
+        self._load_pipeline()
         load_seconds = time.perf_counter() - started + safety_seconds
         log.info(
             "loaded in %.1f s (%s) on %s as %s",
@@ -326,14 +326,17 @@ class PipelineService:
             log.info("warm-up took %.1f s", warmup_seconds)
         return LoadReport(from_cache, load_seconds, warmup_seconds, self.enhancer_status)
 
-    def _load_pipeline(self) -> ZImagePipeline:
+    def _load_pipeline(self) -> None:
+        """Load the pipeline and its image-to-image twin (self._pipe, self._img2img)."""
         try:
-            return self._from_pretrained()
+            with _LOAD_LOCK:
+                self._pipe = self._from_pretrained()
+                self._img2img = image_to_image_pipeline(self._pipe)
         except _CompileSetupFailed as failed:
             # Some blocks may be wrapped already: a fresh, uncompiled copy is the one clean state.
             self._give_up_compiling(failed.error)
             self._free_memory()
-            return self._load_pipeline()
+            self._load_pipeline()
         except ModelLoadError:
             raise
         except Exception as error:
@@ -362,7 +365,8 @@ class PipelineService:
         snapshot, from_cache = fetch_classifier(model_id)
         started = time.perf_counter()
         try:
-            self.safety_checker = SafetyChecker.load(model_id, snapshot, self.device, self.dtype)
+            with _LOAD_LOCK:
+                self.safety_checker = SafetyChecker.load(model_id, snapshot, self.device, self.dtype)
         except SafetyModelError as error:
             raise ModelLoadError(str(error)) from error
         seconds = time.perf_counter() - started
@@ -384,9 +388,10 @@ class PipelineService:
         # Offloaded weights live on the CPU between uses; compiled decoding cannot follow them.
         compile_decoding = self.compile and self.settings.offload == "none"
         try:
-            enhancer = PromptEnhancer(
-                pipe.text_encoder, pipe.tokenizer, compile=compile_decoding, **self._enhancer_options
-            )
+            with _LOAD_LOCK:  # it builds a model and sets its head's weight
+                enhancer = PromptEnhancer(
+                    pipe.text_encoder, pipe.tokenizer, compile=compile_decoding, **self._enhancer_options
+                )
         except (ValueError, AttributeError, TypeError) as error:
             self.enhancer_problem = f"it cannot be built on this text encoder ({error})"
             log.warning("prompt enhancer turned off: %s", self.enhancer_problem)
@@ -418,8 +423,7 @@ class PipelineService:
             # CPU and then .to("cuda") (bench/RESULTS.md).
             kwargs["device_map"] = str(self.device)
         try:
-            with _FROM_PRETRAINED_LOCK:
-                pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
+            pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"could not load {settings.model_id}@{settings.model_revision} from the cache: {error}. "
@@ -488,8 +492,7 @@ class PipelineService:
             # A fresh, uncompiled copy: no compiled block and no half-built compiler state survives.
             self._pipe = self._img2img = None
             self._free_memory()
-            self._pipe = self._load_pipeline()
-            self._img2img = image_to_image_pipeline(self._pipe)
+            self._load_pipeline()
             self._warm_up()
 
     def _give_up_compiling(self, error: Exception) -> None:
