@@ -307,6 +307,29 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
 def test_the_safety_check_phase_runs_on_the_tiny_models(tiny_random_model, tmp_path):
     """ours_safety: the classifier built beside the pipeline, the same job with the check and without in one
     process, the check alone, and the table and targets, on the CPU."""
+    hub, _ = tiny_random_model
+    work = tmp_path / "work"
+    (work / "hf").mkdir(parents=True)
+    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
+    (work / "built-model.json").write_text(TINY.to_json())
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "bench.run_benchmark", "--tiny", "--work-dir", str(work)]
+    command += ["--results", str(results), "--phases", "ours_safety", "--repeats", "1", "--steps", "2"]
+    run = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr + (results / "phases.log").read_text()
+    phase = json.loads((results / "results.json").read_text())["phases"]["ours_safety"]
+    assert phase["status"] == "ok", phase
+    figures = phase["safety"]
+    assert figures["model"] == BENCH_SAFETY_REPO_ID
+    assert len(figures["on_all_s"]) == len(figures["off_all_s"]) == 4
+    assert figures["check_alone_1_s"] > 0 and 0 < figures["check_in_job_s"] < figures["on_s"]
+    assert 0 < figures["weights_gib"] <= figures["file_gib"]  # fp32 on the CPU: the file's own size
+    markdown = (results / "results.md").read_text()
+    assert table_row(markdown, "steady 64x64, median of 4 each")[1:3] == [
+        f"{figures['on_s']:.2f}",
+        f"{figures['off_s']:.2f}",
+    ]
+    assert table_row(markdown, "safety check, steady latency")[1:3] == ["<= +2%", f"{figures['cost']:+.1%}"]
 
 
 def test_the_enhancer_phase_runs_on_the_tiny_model(tiny_random_model, tmp_path):
