@@ -318,7 +318,7 @@ async def test_enhance_with_each_server_setting_and_the_prompt_check(start_bot, 
     enhanced = await delivered(discord_api, again, 60)
     redo = store.get(5)
     assert (redo.kind, redo.parent_id, redo.seed, redo.prompt, redo.enhance) == ("enhance", 1, seed, PROMPT, True)
-    assert redo.enhanced_prompt is None and "which this server blocks" in redo.enhancement_note
+    assert redo.enhanced_prompt is None and "which this server blocks" in str(redo.enhancement_note)
     fields = {field["name"]: field["value"] for field in enhanced.embeds[0]["fields"]}
     assert "which this server blocks" in fields["Prompt enhancer"]
     assert read_parameters(enhanced.attachments[0].data).startswith(PROMPT + "\n")

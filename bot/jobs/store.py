@@ -224,8 +224,8 @@ def _to_column(name: str, value: Any) -> Any:
         return json.dumps([int(seed) for seed in value])
     if name == "flagged":
         return json.dumps([bool(flag) for flag in value])
-    if name == "enhancement_note" and value is not None:
-        return value.to_json() if isinstance(value, Text) else Text(str(value)).to_json()
+    if name == "enhancement_note" and isinstance(value, Text):
+        return value.to_json()  # a plain sentence is kept as it is, and reads back like an old row
     return value
 
 
