@@ -190,6 +190,23 @@ async def test_why_an_enhanced_prompt_was_not_used_is_told_in_the_requesters_lan
         service.close()
 
 
+async def test_why_the_enhancer_is_not_available_is_told_in_the_members_language(start_bot, discord_api):
+    # The shared tiny service's enhancer failed its self-test (random weights write no text).
+    await start_bot()
+    chinese = discord_api.make_user("li", locale="zh-CN")
+    answer = await reply_text(discord_api, await imagine(discord_api, "一只猫", chinese, enhance=True))
+    assert answer.ephemeral and answer.content in (
+        "本机器人无法使用提示词增强（已关闭：它对测试提示词的回答不是文字）。请去掉 enhance。",
+        "本机器人无法使用提示词增强（已关闭：它对测试提示词的回答为空）。请去掉 enhance。",
+    )
+    answer = await reply_text(
+        discord_api, await imagine(discord_api, "a cat", discord_api.make_user("bob"), enhance=True)
+    )
+    assert answer.content.startswith(
+        "The prompt enhancer is not available on this bot (off: its answer to a test prompt"
+    )
+
+
 async def test_what_was_changed_in_a_sent_picture_is_told_in_the_requesters_language(start_bot, discord_api):
     await start_bot(IMAGE_SIZES="64x64,96x64,64x96")
     buffer = io.BytesIO()
