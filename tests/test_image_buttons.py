@@ -348,7 +348,10 @@ async def test_enhance_asked_for_on_a_bot_with_enhancer_off(start_bot, discord_a
 def test_the_enhanced_prompt_check():
     check = enhanced_prompt_check(("dragon",))
     assert check("a castle at dawn") is None
-    assert "dragon" in check("a red Dragon over a castle")
+    assert (
+        str(check("a red Dragon over a castle")) == 'the enhanced prompt contained "dragon", which this server blocks'
+    )
+    assert check("a red Dragon over a castle").render("zh-CN") == "增强后的提示词含有本服务器屏蔽的词“dragon”"
     assert check("a sexy schoolgirl") is not None
 
 
