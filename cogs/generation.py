@@ -181,7 +181,7 @@ class Generation(commands.Cog):
         kind: str,
         parent_id: int | None = None,
         deferred: discord.InteractionCallbackResponse | None = None,
-        notes: tuple[str, ...] = (),
+        notes: tuple[Text, ...] = (),
     ) -> None:
         """Record, acknowledge at once, then queue the job. Refusals are private and queue nothing.
 
@@ -280,12 +280,16 @@ class Generation(commands.Cog):
             return False
         return wanted
 
-    def enhancer_problem(self) -> str | None:
+    def enhancer_problem(self) -> Text | str | None:
         """Why the prompt enhancer cannot run here, or None when it can."""
         if not self.settings.enhancer:
             return "ENHANCER=off"
         status = getattr(self.bot.service, "enhancer_status", "on")  # no local service with WORKERS=ray
-        return None if status == "on" else status
+        if status == "on":
+            return None
+        # The self-test's reason is a Text: shown in the reader's language, the English as `status`.
+        problem = getattr(self.bot.service, "enhancer_problem", None)
+        return Text("off: {reason}", reason=problem) if isinstance(problem, Text) else status
 
     @app_commands.command(name="cancel")
     @app_commands.describe(job=locale_str("The job number (shown under each image and in /history)"))

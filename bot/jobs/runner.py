@@ -76,7 +76,7 @@ class ActiveJob(QueueEntry):
     progress: StepProgress | None = None
     cancelled_by: int | None = None
     retried: bool = False  # ran once on a worker that failed; a second failure goes to the user
-    notes: tuple[str, ...] = ()  # what was changed in the requester's picture (shown with the job; not stored)
+    notes: tuple[Text, ...] = ()  # what was changed in the requester's picture (shown with the job; not stored)
 
     @property
     def token_age(self) -> float:
@@ -665,15 +665,15 @@ class JobRunner:
         job.record = await asyncio.to_thread(self.store.update, job.job_id, **fields)
 
 
-def enhanced_prompt_check(blocked_words: tuple[str, ...]) -> Callable[[str], str | None]:
+def enhanced_prompt_check(blocked_words: tuple[str, ...]) -> Callable[[str], Text | None]:
     """Why an enhanced prompt may not be drawn (the minors rule, a blocked word), or None. Pure: safe on any thread."""
 
-    def check(prompt: str) -> str | None:
+    def check(prompt: str) -> Text | None:
         if asks_for_sexual_minors(prompt):
-            return "the enhanced prompt asked for something this bot never makes"
+            return Text("the enhanced prompt asked for something this bot never makes")
         word = blocked_word_in([prompt], blocked_words)
         if word is not None:
-            return f'the enhanced prompt contained "{word}", which this server blocks'
+            return Text('the enhanced prompt contained "{word}", which this server blocks', word=word)
         return None
 
     return check

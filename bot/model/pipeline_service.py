@@ -83,8 +83,9 @@ COMPILE_OPTIONS: dict = {"fullgraph": True}
 
 
 # Checks a prompt the enhancer wrote against what the requester's guild allows (blocked words, the
-# minors rule): returns why it may not be used, or None. Called on the GPU thread.
-PromptCheck = Callable[[str], "str | None"]
+# minors rule): returns why it may not be used (a Text, shown in the requester's language), or None.
+# Called on the GPU thread.
+PromptCheck = Callable[[str], "Text | None"]
 
 # Several devices load side by side (bot/model/devices.py), but from_pretrained builds each model on
 # the meta device by patching torch.nn.Module for the whole process: any module built or weight set in
@@ -147,7 +148,7 @@ class PipelineService:
         self._img2img: Any = None  # a ZImageImg2ImgPipeline over the same modules
         self.styles = StyleBank(settings.loras)
         self.enhancer: PromptEnhancer | None = None  # None with ENHANCER=off, or when the self-test failed
-        self.enhancer_problem: str | None = None  # why the self-test turned it off
+        self.enhancer_problem: Text | None = None  # why the self-test turned it off
         self._enhancer_options = dict(enhancer_options or {})
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
@@ -393,7 +394,7 @@ class PipelineService:
                     pipe.text_encoder, pipe.tokenizer, compile=compile_decoding, **self._enhancer_options
                 )
         except (ValueError, AttributeError, TypeError) as error:
-            self.enhancer_problem = f"it cannot be built on this text encoder ({error})"
+            self.enhancer_problem = Text("it cannot be built on this text encoder ({error})", error=str(error))
             log.warning("prompt enhancer turned off: %s", self.enhancer_problem)
             return
         if self_test:
@@ -554,9 +555,9 @@ class PipelineService:
 
     def _enhance(self, prompt: str, seed: int, prompt_check: PromptCheck | None = None) -> EnhancedPrompt:
         if self.enhancer is None:
-            note = "the prompt enhancer is turned off on this bot"
+            note = Text("the prompt enhancer is turned off on this bot")
             if self.enhancer_problem:
-                note = f"the prompt enhancer was turned off at start-up ({self.enhancer_problem})"
+                note = Text("the prompt enhancer was turned off at start-up ({reason})", reason=self.enhancer_problem)
             return EnhancedPrompt(prompt, prompt, note)
         try:
             result = self.enhancer.enhance(prompt, seed)
@@ -564,7 +565,7 @@ class PipelineService:
             # The picture may still fit once the rewrite's cache is freed: draw the original prompt.
             log.warning("the prompt enhancer ran out of GPU memory; drawing the original prompt")
             self._free_memory()
-            return EnhancedPrompt(prompt, prompt, "the enhancer ran out of GPU memory")
+            return EnhancedPrompt(prompt, prompt, Text("the enhancer ran out of GPU memory"))
         if result.enhanced and prompt_check is not None:
             reason = prompt_check(result.text)
             if reason:
