@@ -197,7 +197,6 @@ class Generation(commands.Cog):
             record = new_record(
                 request,
                 user_id=interaction.user.id,
-                user_name=str(interaction.user),
                 channel_id=interaction.channel_id or 0,
                 guild_id=interaction.guild_id,
                 kind=kind,

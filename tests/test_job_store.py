@@ -39,7 +39,6 @@ def make_job(user_id: int = 42, **overrides: object) -> JobRecord:
     job = JobRecord(
         id=None,
         user_id=user_id,
-        user_name="alice",
         guild_id=7,
         channel_id=8,
         prompt="a red fox",
@@ -63,7 +62,6 @@ def store(tmp_path: Path):
 def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> None:
     job = make_job(
         user_id=SNOWFLAKE,
-        user_name="bob 🦊",
         guild_id=SNOWFLAKE + 1,
         channel_id=SNOWFLAKE + 2,
         prompt="a fox 'quoted' \"twice\"; DROP TABLE jobs; --",
@@ -110,7 +108,6 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
 
     changes = {
         "user_id": 1,
-        "user_name": "carol",
         "guild_id": None,
         "channel_id": 2,
         "prompt": "p",
@@ -335,7 +332,6 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert old == JobRecord(
             id=old.id,
             user_id=5,
-            user_name="old",
             guild_id=None,
             channel_id=6,
             prompt="a cat",
@@ -356,13 +352,13 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert store.update(old.id, delivery_attempts=1).delivery_attempts == 1
 
     conn = sqlite3.connect(data_dir / DB_FILE_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(jobs)")}
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()
     assert "jobs_user_created" in indexes
-    # Columns nothing read (interaction_id) or wrote (result_channel_id) are gone.
-    assert not {"interaction_id", "result_channel_id"} & columns
+    # Columns nothing read (interaction_id, user_name) or wrote (result_channel_id) are gone.
+    assert not {"interaction_id", "result_channel_id", "user_name"} & columns
     assert {"status_message_id", "result_message_id", "delivery_attempts"} <= columns
 
 
@@ -532,7 +528,7 @@ import os, signal, sys
 from pathlib import Path
 from bot.jobs.store import JobRecord, JobState, JobStore
 store = JobStore(Path({str(tmp_path)!r}))
-job = store.add(JobRecord(None, 1, "a", None, 2, "p", "", 16, 16, 1, 3, 0.0, 1, state=JobState.DONE))
+job = store.add(JobRecord(None, 1, None, 2, "p", "", 16, 16, 1, 3, 0.0, 1, state=JobState.DONE))
 assert store.transition(job.id, [JobState.DONE], JobState.DELIVERED, result_message_id=9)
 print(job.id, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

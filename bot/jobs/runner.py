@@ -123,12 +123,11 @@ def record_to_request(record: JobRecord) -> GenerationRequest:
     )
 
 
-def new_record(request: GenerationRequest, *, user_id: int, user_name: str, channel_id: int, **fields) -> JobRecord:
+def new_record(request: GenerationRequest, *, user_id: int, channel_id: int, **fields) -> JobRecord:
     """A store record for a new job asking for `request`; `fields` are the other JobRecord fields."""
     return JobRecord(
         id=None,
         user_id=user_id,
-        user_name=user_name,
         guild_id=fields.pop("guild_id", None),
         channel_id=channel_id,
         prompt=request.prompt,

@@ -58,7 +58,6 @@ PRUNE_BATCH = 100
 class JobRecord:
     id: int | None
     user_id: int
-    user_name: str
     guild_id: int | None
     channel_id: int
     prompt: str
@@ -211,6 +210,8 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE jobs ADD COLUMN enhancement_note TEXT",
     ),
     ("ALTER TABLE jobs ADD COLUMN locale TEXT",),  # the requester's language
+    # Written but never read: the requester is user_id, and a display name is personal data not worth keeping.
+    ("ALTER TABLE jobs DROP COLUMN user_name",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
