@@ -111,6 +111,8 @@ class Settings:
     attention_backend: str | None = None
     compile: bool | None = None  # None: decided by the device (on for CUDA, off elsewhere)
     quantize: str = "none"
+    # BF16_COPY=1: load the transformer from a bf16 copy made once in DATA_DIR (bot/model/bf16_copy.py).
+    bf16_copy: bool = False
     enhancer: bool = True  # the prompt enhancer on the resident text encoder
     discord_api_base: str = DEFAULT_API_BASE
     discord_gateway_url: str | None = None
@@ -160,6 +162,7 @@ class Settings:
             attention_backend=env.text("ATTENTION_BACKEND"),
             compile=env.flag("COMPILE"),
             quantize=env.choice("QUANTIZE", "none", QUANTIZE_MODES),
+            bf16_copy=bool(env.flag("BF16_COPY")),
             enhancer=env.choice("ENHANCER", "on", ENHANCER_MODES) == "on",
             discord_api_base=env.url("DISCORD_API_BASE", DEFAULT_API_BASE, ("http://", "https://")) or DEFAULT_API_BASE,
             discord_gateway_url=env.url("DISCORD_GATEWAY_URL", None, ("ws://", "wss://")),

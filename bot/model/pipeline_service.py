@@ -35,6 +35,8 @@ from bot.generation import (
 )
 from bot.image_input import load_source
 from bot.image_size import ImageSize
+from bot.model import bf16_copy
+from bot.model.compile_artifacts import CompileArtifacts, artifact_key
 from bot.model.enhancer import EnhancedPrompt, PromptEnhancer
 from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
 from bot.model.img2img import image_to_image_pipeline, vae_tiling_for
@@ -129,6 +131,11 @@ class LoadReport:
     load_seconds: float
     warmup_seconds: float
     enhancer: str = "off"  # "on", "off", or why it was turned off at start-up
+    # "loaded": compiled code saved by an earlier start was used (bot/model/compile_artifacts.py);
+    # "compiled": none usable, compiled afresh; "off": not compiled.
+    compiled_code: str = "off"
+    # "used": the transformer came from the local bf16 copy (BF16_COPY); "made": this start made it; "off".
+    transformer_copy: str = "off"
 
 
 class PipelineService:
@@ -154,6 +161,12 @@ class PipelineService:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
         # Measured seconds per image by (size, steps); feeds the queue's wait estimates.
         self._seconds_per_image: dict[tuple[ImageSize, int], float] = {}
+        # The commit and snapshot folder the revision resolved to in the cache (keys of the artifacts
+        # and of the bf16 copy), and what this start did with them.
+        self._commit: str | None = None
+        self._snapshot_dir: Path | None = None
+        self._artifacts: CompileArtifacts | None = None
+        self._transformer_copy = "off"
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -298,6 +311,8 @@ class PipelineService:
         else:
             log.warning("model not complete in the cache (%s): downloading", "; ".join(report.problems))
             download_model(settings.model_id, settings.model_revision)
+            report = inspect_cache(settings.model_id, settings.model_revision)
+        self._commit, self._snapshot_dir = report.commit, report.snapshot_dir
 
         started = time.perf_counter()
         self._load_pipeline()
@@ -322,10 +337,22 @@ class PipelineService:
             self._warm_up()
         if settings.enhancer:
             self._build_enhancer(self_test=warm_up)
+        compiled_code = "off"
+        if self.compile and self._artifacts is not None:
+            compiled_code = "loaded" if self._artifacts.loaded and self._artifacts.loaded.loaded else "compiled"
+            if warm_up:
+                # Only after a warm-up that compiled without error: what it compiled is known good.
+                self._artifacts.save()
         if warm_up:
             warmup_seconds = time.perf_counter() - started
-            log.info("warm-up took %.1f s", warmup_seconds)
-        return LoadReport(from_cache, load_seconds, warmup_seconds, self.enhancer_status)
+            log.info(
+                "warm-up took %.1f s%s",
+                warmup_seconds,
+                " (compiled code loaded from DATA_DIR)" if compiled_code == "loaded" else "",
+            )
+        return LoadReport(
+            from_cache, load_seconds, warmup_seconds, self.enhancer_status, compiled_code, self._transformer_copy
+        )
 
     def _load_pipeline(self) -> None:
         """Load the pipeline and its image-to-image twin (self._pipe, self._img2img)."""
@@ -423,6 +450,9 @@ class PipelineService:
             # cast to bf16 on the way: no copy of the model in host memory, faster than loading on the
             # CPU and then .to("cuda") (bench/RESULTS.md).
             kwargs["device_map"] = str(self.device)
+        transformer = self._bf16_transformer(kwargs)
+        if transformer is not None:
+            kwargs["transformer"] = transformer
         try:
             pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
         except (OSError, ValueError) as error:
@@ -469,11 +499,68 @@ class PipelineService:
             raise ModelLoadError(str(error)) from error
         if self.compile:
             _use_persistent_compile_cache(settings.data_dir / "compile-cache")
+            self._load_compile_artifacts(settings.data_dir / "compile-cache")
             try:
                 pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
             except Exception as error:
                 raise _CompileSetupFailed(error) from error
         return pipe
+
+    def _load_compile_artifacts(self, cache_dir: Path) -> None:
+        """Hand the compiled code an earlier start saved (same software, GPU, model and settings) to
+        torch before anything compiles; see bot/model/compile_artifacts.py."""
+        settings = self.settings
+        key = artifact_key(
+            model_id=settings.model_id,
+            commit=self._commit,
+            device=self.device,
+            dtype=self.dtype,
+            compile_options=COMPILE_OPTIONS,
+            attention_backend=settings.attention_backend,
+            quantize=settings.quantize,
+            styles=tuple(source.name for source in settings.loras),
+            warmup_sizes=(str(settings.default_size),),
+            enhancer=settings.enhancer,
+        )
+        self._artifacts = CompileArtifacts(cache_dir, key)
+        if torch.compiler.config.job_id is None:
+            # torch keeps its profile of which dimensions are dynamic only under a job id; with it, a
+            # restart compiles them dynamic at once instead of learning it again from the warm-up.
+            torch.compiler.config.job_id = self._artifacts.job_id
+        self._artifacts.load()
+
+    def _bf16_transformer(self, kwargs: Mapping) -> Any:
+        """The transformer from the local bf16 copy (BF16_COPY=1; made first if needed), or None for
+        the usual path: the copy is off, unusable here, or could not be made or read."""
+        settings = self.settings
+        if not settings.bf16_copy:
+            return None
+        if self.dtype != torch.bfloat16:
+            log.warning("BF16_COPY=1 ignored: the model runs in %s, the copy is bf16", _dtype_name(self.dtype))
+            return None
+        if self._commit is None or self._snapshot_dir is None:
+            log.warning("BF16_COPY=1 ignored: the cache has no commit for revision %s", settings.model_revision)
+            return None
+        copy = bf16_copy.prepare(settings.data_dir, settings.model_id, self._commit, self._snapshot_dir)
+        if copy is None:
+            return None
+        from diffusers import ZImageTransformer2DModel
+
+        options = {name: value for name, value in kwargs.items() if name in ("dtype", "torch_dtype", "device_map")}
+        try:  # the caller holds _LOAD_LOCK
+            transformer = ZImageTransformer2DModel.from_pretrained(copy.transformer_dir, **options)
+        except Exception as error:
+            if _out_of_memory(error):
+                raise
+            log.warning(
+                "BF16_COPY: the copy in %s could not be loaded (%s); deleting it and loading the model as usual",
+                copy.transformer_dir,
+                _one_line(error),
+            )
+            bf16_copy.discard(copy.transformer_dir)
+            return None
+        self._transformer_copy = "made" if copy.made else "used"
+        return transformer
 
     def _warm_up(self) -> None:
         """Warm up; a compiler failure (a missing C++ compiler, a Triton error) falls back to the
