@@ -124,7 +124,7 @@ def make(source: Path, root: Path, model_id: str, commit: str) -> None:
     disk included) leaves nothing behind."""
     import torch
     from huggingface_hub.utils import tqdm
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
     shards = sorted(source.glob(f"*{WEIGHTS_SUFFIX}"))
@@ -153,7 +153,10 @@ def make(source: Path, root: Path, model_id: str, commit: str) -> None:
                         if tensor.is_floating_point() and tensor.dtype != torch.bfloat16:
                             tensor = tensor.to(torch.bfloat16)
                         tensors[name] = tensor
-                save_file(tensors, str(target / shard.name), metadata=metadata)
+                try:
+                    save_file(tensors, str(target / shard.name), metadata=metadata)
+                except SafetensorError as error:  # its I/O errors (a full disk) are not OSErrors
+                    raise OSError(str(error)) from error
                 del tensors
             bar.update(max(0, source_bytes - bar.n))
         for other in source.iterdir():
@@ -179,7 +182,7 @@ def make(source: Path, root: Path, model_id: str, commit: str) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("BF16_COPY: copy complete (%.2f GB)", sum(entry["size"] for entry in files.values()) / 1e9)
+    log.info("BF16_COPY: copy complete (%.1f MB)", sum(entry["size"] for entry in files.values()) / 1e6)
 
 
 def discard(transformer_dir: Path) -> None:

@@ -35,7 +35,7 @@ from bot.generation import (
 )
 from bot.image_input import load_source
 from bot.image_size import ImageSize
-from bot.model import bf16_copy
+from bot.model import OPERATOR_INDUCTOR_CACHE_DIR, bf16_copy
 from bot.model.compile_artifacts import CompileArtifacts, artifact_key
 from bot.model.enhancer import EnhancedPrompt, PromptEnhancer
 from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
@@ -835,20 +835,22 @@ def _pick_compile(settings: Settings, device: torch.device) -> bool:
 
 
 def _use_persistent_compile_cache(cache_dir: Path) -> None:
-    """Keep inductor's compiled kernels and graphs in DATA_DIR, so a restart loads them instead of
-    compiling again (bench/RESULTS.md compares the warm-up of a first start and a restart; what
-    remains is dynamo tracing the blocks again, which no cache of this torch version skips).
+    """Keep inductor's compiled kernels and graphs, and dynamo's profile of dynamic dimensions, in
+    DATA_DIR, so a restart (and a host reboot, which empties the temporary folder torch uses by default)
+    loads them instead of compiling again (bench/RESULTS.md compares the warm-up of a first start and
+    a restart; the compile artifacts, bot/model/compile_artifacts.py, add what these caches miss).
 
-    An operator's own TORCHINDUCTOR_CACHE_DIR wins. The directory is read when compiling starts,
-    so setting it here, after import, still takes effect; the caches are switched on explicitly
-    because their environment switches are read when torch._inductor is first imported.
+    An operator's own TORCHINDUCTOR_CACHE_DIR wins. torch has already set the variable to its default
+    when torch._dynamo was imported, so it is set here, not defaulted; inductor reads it whenever it
+    looks for its cache. The caches are switched on explicitly because their environment switches are
+    read when torch._inductor is first imported.
     """
     import torch._functorch.config
     import torch._inductor.config
 
     cache_dir = cache_dir.resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = OPERATOR_INDUCTOR_CACHE_DIR or str(cache_dir)
     torch._inductor.config.fx_graph_cache = True
     torch._functorch.config.enable_autograd_cache = True
 
