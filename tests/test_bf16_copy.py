@@ -171,10 +171,21 @@ def test_float32_or_copy_off_never_touches_it(tmp_path, hub_cache, caplog):
     assert not (tmp_path / "data" / "bf16").exists()
 
 
-def probe(tmp_path: Path, hub: Path, image: str, *, file_size_limit: int | None = None, **overrides: str):
+def probe(
+    tmp_path: Path,
+    hub: Path,
+    image: str,
+    *,
+    file_size_limit: int | None = None,
+    own_compile_cache: bool = False,
+    **overrides: str,
+):
     """A start in a fresh process (tests/service_probe.py): the report, the log and the image."""
     env = tiny_env(tmp_path, hub, DTYPE="bfloat16", COMPILE="0", SAFETY_MODEL="", ENHANCER="off", IMAGE_SIZES="64x64")
     env.update(overrides)
+    if own_compile_cache:
+        # torch set this in the test process when it was imported; a bot started by an operator has none.
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
     def limit_file_size() -> None:
         # A disk too small for the copy: writes past the limit fail with an OSError (EFBIG), as on a
