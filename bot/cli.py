@@ -349,12 +349,15 @@ def _load_services(settings: Settings, *, warm_up: bool, first_only: bool = Fals
         return []
     report = combined_report(services)
     source = "local cache" if report.from_cache else "downloaded"
+    if report.transformer_copy != "off":
+        source += ", transformer from the bf16 copy in DATA_DIR"
     log.info(
-        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s; prompt enhancer %s)%s",
+        "model ready in %.1f s (%s; load %.1f s, warm-up %.1f s%s; prompt enhancer %s)%s",
         report.load_seconds + report.warmup_seconds,
         source,
         report.load_seconds,
         report.warmup_seconds,
+        " with compiled code from DATA_DIR" if report.compiled_code == "loaded" else "",
         report.enhancer,
         f" on {len(services)} devices, loaded in parallel" if len(services) > 1 else "",
     )

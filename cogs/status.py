@@ -94,11 +94,16 @@ class Status(commands.Cog):
             )
         if report is not None:
             source = Text("local cache") if report.from_cache else Text("downloaded at start")
+            if report.transformer_copy != "off":
+                source = Text("local cache, transformer from the bf16 copy in DATA_DIR")
             embed.add_field(
                 name=tr(locale, "Load"),
                 value=tr(locale, "{time} ({source})", time=format_seconds(report.load_seconds), source=source),
             )
-            embed.add_field(name=tr(locale, "Warm-up"), value=format_seconds(report.warmup_seconds))
+            warm_up = format_seconds(report.warmup_seconds)
+            if report.compiled_code == "loaded":
+                warm_up = tr(locale, "{time} (compiled code from DATA_DIR)", time=warm_up)
+            embed.add_field(name=tr(locale, "Warm-up"), value=warm_up)
         embed.add_field(name=tr(locale, "Cache folder"), value=f"`{hub_cache_root()}`", inline=False)
         if service is None or len(workers.workers) > 1 or not all(worker.in_rotation for worker in workers.workers):
             embed.add_field(name=tr(locale, "Workers"), value=_workers_text(workers, locale), inline=False)

@@ -234,3 +234,20 @@ def test_a_disk_too_small_for_the_copy_keeps_serving_from_the_cache(tmp_path, hu
     leftovers = [path for path in (tmp_path / "data").rglob("*") if path.is_file() and "bf16" in path.parts]
     assert leftovers == []
     assert not copy_folder(tmp_path, hub_cache).exists()
+
+
+async def test_status_says_the_transformer_came_from_the_copy(start_bot, discord_api, tmp_path, hub_cache):
+    from test_generation_cog import reply_text
+    from test_status_cog import fields_of
+
+    env = dict(BF16_COPY="1", DTYPE="bfloat16", COMPILE="0", SAFETY_MODEL="", ENHANCER="off", IMAGE_SIZES="64x64")
+    service = PipelineService(Settings.from_env(tiny_env(tmp_path / "copy", hub_cache, **env)))
+    service.load()
+    try:
+        await start_bot(service=service)
+        message = await reply_text(discord_api, await discord_api.invoke("status", {}))
+        fields = fields_of(message)
+        assert fields["Load"].endswith("(local cache, transformer from the bf16 copy in DATA_DIR)")
+        assert fields["Warm-up"].endswith(" s")  # not compiled: no compiled code to speak of
+    finally:
+        service.close()

@@ -82,4 +82,6 @@ def combined_report(services: list[PipelineService]) -> LoadReport:
         load_seconds=slowest.load_seconds,
         warmup_seconds=slowest.warmup_seconds,
         enhancer=slowest.enhancer,
+        compiled_code=slowest.compiled_code,
+        transformer_copy=slowest.transformer_copy,
     )
