@@ -249,6 +249,10 @@ def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
         load_s=report.load_seconds,
         warmup_s=report.warmup_seconds,
         compile=service.compile,
+        # "loaded": the compiled code an earlier start saved was used; "compiled": none usable; "off".
+        compiled_code=report.compiled_code,
+        # "made" (this start made the bf16 copy), "used" (loaded the transformer from it), "off".
+        transformer_copy=report.transformer_copy,
         offload=settings.offload,
         attention_backend=settings.attention_backend,
     )

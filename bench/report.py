@@ -155,6 +155,42 @@ def _memory_cell(results: dict, phase: str) -> str:
     return "–" if allocated is None else f"{gib(allocated)} / {gib(reserved)}"
 
 
+# Starts compared by where their compiled code and transformer weights came from.
+RESTART_ROWS = (
+    ("ours", "first start (empty DATA_DIR)"),
+    ("ours_restart", "restart"),
+    ("ours_bf16_copy", "BF16_COPY=1, first start (makes the copy)"),
+    ("ours_bf16_copy_restart", "BF16_COPY=1, restart"),
+    ("ours_cold", "restart, page cache dropped"),
+    ("ours_bf16_copy_cold", "BF16_COPY=1, restart, page cache dropped"),
+)
+
+
+def restart_table(results: dict) -> list[str]:
+    """Start-up of each start: imports, load, warm-up, and what it reused from DATA_DIR."""
+    lines = [
+        "| start | start to ready (s) | imports (s) | load (s) | warm-up (s) | compiled code | transformer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    shown = False
+    for phase, label in RESTART_ROWS:
+        if phase not in results.get("phases", {}):
+            continue
+        shown = True
+        state = _phase_state(results, phase)
+        if state:
+            lines.append(f"| {label} | {state} | | | | | |")
+            continue
+        copy = get(results, phase, "transformer_copy") or "off"
+        source = {"made": "cache (fp32), copy made", "used": "bf16 copy"}.get(copy, "cache (fp32)")
+        lines.append(
+            f"| {label} | {seconds(get(results, phase, 'ready_s'))} | {seconds(get(results, phase, 'imports_s'))} "
+            f"| {seconds(get(results, phase, 'load_s'))} | {seconds(get(results, phase, 'warmup_s'))} "
+            f"| {get(results, phase, 'compiled_code') or '–'} | {source} |"
+        )
+    return lines if shown else []
+
+
 def offload_table(results: dict) -> list[str]:
     square, _ = sizes_of(results)
     lines = [
@@ -433,6 +469,9 @@ def render_markdown(results: dict) -> str:
         "",
         *offload_table(results),
     ]
+    restarts = restart_table(results)
+    if restarts:
+        lines += ["", "### Starts: compiled code and weights reused from DATA_DIR", "", *restarts]
     variants = variant_table(results)
     if variants:
         lines += ["", "### Variants: one option changed", "", *variants]

@@ -12,16 +12,20 @@ Phases (default order; the cold ones last, since dropping the page cache slows w
   baseline            plain from_pretrained(dtype=bf16) + .to("cuda") + calls, diffusers' defaults
   ours                the bot's PipelineService as `zimage-bot run` uses it, empty compile cache;
                       also a queue of --queue-jobs jobs through the real JobRunner (PNGs saved)
-  ours_restart        the same again with the compile cache the first start left (a restart)
+  ours_restart        the same again with the compile cache the first start left (a restart); reports
+                      whether the saved compiled code (DATA_DIR/compile-cache/artifacts-*.bin) was loaded
   ours_safety         the image safety check (a random-weight ViT-base classifier as SAFETY_MODEL): the
                       same steady image with the check and without, alternating in one process; its memory
   offload_model       OFFLOAD=model
   offload_sequential  OFFLOAD=sequential
   ours_eager          COMPILE=0
+  ours_bf16_copy      BF16_COPY=1, first start: makes the bf16 copy of the transformer (empty DATA_DIR)
+  ours_bf16_copy_restart  BF16_COPY=1 again: loads the transformer from the copy
   enhancer            the prompt enhancer: a 20-word prompt to 200 new tokens on the text encoder with
                       its tied head, plain generation and the compiled decode step (CUDA)
   baseline_cold       baseline start-up with the page cache dropped (needs root; skipped otherwise)
   ours_cold           ours start-up (warm compile cache) with the page cache dropped
+  ours_bf16_copy_cold the same from the bf16 copy (BF16_COPY=1) with the page cache dropped
   disk_read           raw read of every weight file with the page cache dropped
 Variants (not in the default list): ours_dynamic (compile with dynamic=True), ours_cudnn
 (ATTENTION_BACKEND=_native_cudnn), ours_fp8 (QUANTIZE=fp8) beside ours_bf16 (the same, in bf16).
@@ -65,6 +69,7 @@ BOT_VARIABLES = (
     "OFFLOAD",
     "ATTENTION_BACKEND",
     "COMPILE",
+    "BF16_COPY",
     "SAFETY_MODEL",
     "SAFETY_THRESHOLD",
     "TORCHINDUCTOR_CACHE_DIR",
@@ -90,6 +95,7 @@ class Phase:
     image_to_image: bool = False
 
 
+BF16_COPY = {"BF16_COPY": "1", "DTYPE": "bfloat16"}
 PHASES = {
     "baseline": Phase("baseline"),
     "ours": Phase(
@@ -105,8 +111,12 @@ PHASES = {
     "offload_model": Phase("service", data="offload", env={"OFFLOAD": "model"}, repeats=3),
     "offload_sequential": Phase("service", data="offload", env={"OFFLOAD": "sequential"}, repeats=3),
     "ours_eager": Phase("service", data="eager", env={"COMPILE": "0"}, repeats=3),
+    # The opt-in bf16 copy (DTYPE named so that --tiny, on the CPU, runs in bf16 too; it is the GPU default).
+    "ours_bf16_copy": Phase("service", data="bf16copy", fresh_data=True, env=BF16_COPY, only_first=True),
+    "ours_bf16_copy_restart": Phase("service", data="bf16copy", env=BF16_COPY, repeats=3),
     "baseline_cold": Phase("baseline", cold=True, only_first=True),
     "ours_cold": Phase("service", data="ours", cold=True, only_first=True),
+    "ours_bf16_copy_cold": Phase("service", data="bf16copy", env=BF16_COPY, cold=True, only_first=True),
     "disk_read": Phase("disk_read", cold=True),
     # Variants: one option changed from ours, to measure what it is worth.
     "ours_dynamic": Phase(
@@ -130,9 +140,12 @@ DEFAULT_PHASES = (
     "offload_model",
     "offload_sequential",
     "ours_eager",
+    "ours_bf16_copy",
+    "ours_bf16_copy_restart",
     "enhancer",
     "baseline_cold",
     "ours_cold",
+    "ours_bf16_copy_cold",
     "disk_read",
 )
 

@@ -448,3 +448,32 @@ def test_the_fp8_comparison_runs_on_the_tiny_model_and_scores_pictures_against_b
     assert scored["psnr_vs_bf16_db"] >= 20 * np.log10(255 / 2) - 1e-9
     row = next(line for line in fp8_compare.render(results).splitlines() if line.startswith("| ours "))
     assert row.split(" | ")[1:4] == ["7", "0.500", "2.00x"]
+
+
+def test_the_bf16_copy_phases_run_on_the_tiny_model(tiny_random_model, tmp_path):
+    """ours_bf16_copy makes the copy, ours_bf16_copy_restart loads from it; the table says which did what."""
+    hub, _ = tiny_random_model
+    work = tmp_path / "work"
+    (work / "hf").mkdir(parents=True)
+    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
+    (work / "built-model.json").write_text(TINY.to_json())
+    results = tmp_path / "results"
+    phases = "ours_bf16_copy,ours_bf16_copy_restart"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.run_benchmark", "--tiny", "--work-dir", str(work)),
+            *("--results", str(results), "--phases", phases, "--repeats", "1"),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr + (results / "phases.log").read_text()
+    figures = json.loads((results / "results.json").read_text())["phases"]
+    assert figures["ours_bf16_copy"]["transformer_copy"] == "made"
+    assert figures["ours_bf16_copy_restart"]["transformer_copy"] == "used"
+    assert figures["ours_bf16_copy_restart"]["compiled_code"] == "off"  # the CPU does not compile by default
+    markdown = (results / "results.md").read_text()
+    assert table_row(markdown, "BF16_COPY=1, first start (makes the copy)")[6] == "cache (fp32), copy made"
+    assert table_row(markdown, "BF16_COPY=1, restart")[6] == "bf16 copy"
