@@ -171,3 +171,15 @@ def test_a_restart_loads_the_compiled_code_the_first_start_saved(tmp_path, hub_c
 def test_compiling_off_reports_no_compiled_code_and_saves_none(loaded_service):
     assert not loaded_service.compile and loaded_service.load_report.compiled_code == "off"
     assert not (loaded_service.settings.data_dir / "compile-cache").exists()
+
+
+def test_a_loaded_file_is_deleted_when_compiling_fails_with_it(tmp_path, caplog, something_compiled):
+    directory = tmp_path / "compile-cache"
+    assert CompileArtifacts(directory, KEY).save()
+    artifacts = CompileArtifacts(directory, KEY)
+    loaded = artifacts.load()
+    assert loaded.loaded and loaded.size_bytes > 0 and "compiled code loaded from" in loaded.describe()
+    assert artifacts.save() is None  # nothing new was compiled: the file is not written again
+    with caplog.at_level(logging.WARNING, logger="bot.model.compile_artifacts"):
+        artifacts.discard()
+    assert "compiling failed with it" in caplog.text and not artifacts.path.exists()

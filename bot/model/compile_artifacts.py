@@ -177,6 +177,13 @@ class CompileArtifacts:
             return "saved compiled code was made for other settings: " + "; ".join(changed)
         return "none saved yet"
 
+    def discard(self) -> None:
+        """Delete the file after compiling failed with its code loaded: it may be the cause, and the next
+        start should not trip over it again."""
+        if self.loaded is not None and self.loaded.loaded:
+            log.warning("deleting the compiled code loaded from %s: compiling failed with it", self.path)
+            _remove(self.path)
+
     def save(self) -> int | None:
         """Write what compiling produced in this process (after a successful warm-up); returns the bytes
         written, or None when nothing was (nothing new, nothing compiled, or the write failed)."""

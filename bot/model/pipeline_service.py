@@ -590,6 +590,8 @@ class PipelineService:
             _one_line(error),
         )
         log.debug("the compile failure", exc_info=True)
+        if self._artifacts is not None:
+            self._artifacts.discard()
         torch.compiler.reset()
         self.compile = False
 
