@@ -102,6 +102,8 @@ def artifact_key(
         "styles": ",".join(styles),
         "warmup_sizes": ",".join(warmup_sizes),
         "enhancer": "on" if enhancer else "off",
+        # torch's experimental switch that also saves dynamo's traced bytecode: other artifacts.
+        "caching_precompile": os.environ.get("TORCH_CACHING_PRECOMPILE", "0"),
     }
     if device.type == "cuda":
         key["cuda"] = str(torch.version.cuda)
