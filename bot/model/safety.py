@@ -159,14 +159,15 @@ class DevicePreprocessing:
         pixels = (pixels * 255).round()
         if self.mode is not None:
             height, width = self.output_size(pixels.shape[-2], pixels.shape[-1])
-            # As PIL resizes: the width first, then the height, each pass rounded to 8 bits (clipped too:
-            # bicubic overshoots). In one pass, a tenth of the values would differ from PIL's by a level.
+            # As PIL resizes: the width first, then the height, each pass rounded half up to 8 bits (and
+            # clipped: bicubic overshoots). In one pass, or rounding halves to even as torch.round does,
+            # a tenth of the values would differ from PIL's by a level.
             if width != pixels.shape[-1]:
                 pixels = F.interpolate(pixels, size=(pixels.shape[-2], width), mode=self.mode, antialias=True)
-                pixels = pixels.round().clamp(0, 255)
+                pixels = (pixels + 0.5).floor().clamp(0, 255)
             if height != pixels.shape[-2]:
                 pixels = F.interpolate(pixels, size=(height, width), mode=self.mode, antialias=True)
-                pixels = pixels.round().clamp(0, 255)
+                pixels = (pixels + 0.5).floor().clamp(0, 255)
         if self.crop is not None:
             crop_height, crop_width = self.crop
             top = (pixels.shape[-2] - crop_height) // 2
@@ -312,14 +313,13 @@ class SafetyChecker:
     def _forward(
         self, images: Sequence[Image.Image], decoded: Sequence[torch.Tensor] | None = None
     ) -> list[float | None]:
-        if decoded is not None and self.device_preprocessing is not None:
-            preprocess = self.device_preprocessing
-            pixel_values = torch.cat([preprocess(tensor.to(self.device)) for tensor in decoded])
-        else:
-            pixel_values = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-        pixel_values = pixel_values.to(self.device, self.dtype)
         with torch.inference_mode():
-            logits = self.model(pixel_values=pixel_values).logits
+            if decoded is not None and self.device_preprocessing is not None:
+                preprocess = self.device_preprocessing
+                pixel_values = torch.cat([preprocess(tensor.to(self.device)) for tensor in decoded])
+            else:
+                pixel_values = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+            logits = self.model(pixel_values=pixel_values.to(self.device, self.dtype)).logits
         probabilities = logits.float().softmax(dim=-1)[:, self.nsfw_index].tolist()
         scores: list[float | None] = []
         for index, probability in enumerate(probabilities):
