@@ -67,6 +67,7 @@ BOT_VARIABLES = (
     "COMPILE",
     "SAFETY_MODEL",
     "SAFETY_THRESHOLD",
+    "ENHANCER",
     "TORCHINDUCTOR_CACHE_DIR",
     "TRITON_CACHE_DIR",
     "HF_TOKEN",
@@ -276,6 +277,9 @@ class Benchmark:
             HF_HUB_DISABLE_TELEMETRY="1",
             # The pipeline alone, as measured before the safety check existed; ours_safety adds the check.
             SAFETY_MODEL="",
+            # The enhancer's start-up self-test never meets a stop token with random weights: it would add its
+            # whole token budget, twice, to every warm-up. The enhancer phase measures it on its own.
+            ENHANCER="off",
             PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         )
