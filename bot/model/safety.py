@@ -193,10 +193,12 @@ def reference_picture(height: int, width: int) -> np.ndarray:
     return np.stack([red, green, blue], axis=-1).round().astype(np.uint8)
 
 
-def matching_preprocessing(processor, model_id: str, tolerance_levels: float = 2.0) -> DevicePreprocessing | None:
-    """DevicePreprocessing for `processor` when, on a test picture, it gives the processor's own pixel
-    values within `tolerance_levels` 8-bit grey levels (PIL rounds between its two resize passes, torch
-    does not); None, with a warning, when it does not reproduce the processor."""
+def matching_preprocessing(
+    processor, model_id: str, device: torch.device | None = None, tolerance_levels: float = 2.0
+) -> DevicePreprocessing | None:
+    """DevicePreprocessing for `processor` when, run on `device` (default the CPU) on a test picture, it
+    gives the processor's own pixel values within `tolerance_levels` 8-bit grey levels (PIL's fixed-point
+    filter weights move a rare value by one); None, with a warning, when it does not reproduce the processor."""
     try:
         preprocessing = DevicePreprocessing.of(processor)
         edge = preprocessing.shortest_edge or 224
@@ -204,8 +206,8 @@ def matching_preprocessing(processor, model_id: str, tolerance_levels: float = 2
         # Larger than the classifier's input and not square: the resize shrinks, as it does for real images.
         picture = reference_picture(3 * height + 13, 2 * width + 29)
         expected = processor(images=[Image.fromarray(picture)], return_tensors="pt")["pixel_values"].float()
-        tensor = torch.from_numpy(picture).permute(2, 0, 1).float() / 255
-        got = preprocessing(tensor)
+        tensor = torch.from_numpy(picture).to(device or "cpu").permute(2, 0, 1).float() / 255
+        got = preprocessing(tensor).cpu()
         if got.shape != expected.shape:
             raise ValueError(f"it gives {tuple(expected.shape)} where torch gives {tuple(got.shape)}")
         level = (preprocessing.scale or 1.0) / (min(preprocessing.std) if preprocessing.std else 1.0)
@@ -214,8 +216,8 @@ def matching_preprocessing(processor, model_id: str, tolerance_levels: float = 2
             raise ValueError(f"its pixel values differ by up to {difference:.1f} grey levels")
     except Exception as error:
         log.warning(
-            "the safety model %s's image processor is not reproduced on the device (%s): its images are "
-            "preprocessed on the CPU instead (slower, same scores)",
+            "the safety model %s's image processor is not reproduced on the device (%s): it runs on the "
+            "PIL images on the CPU instead (slower on a GPU)",
             model_id,
             _one_line(error),
         )
@@ -234,7 +236,7 @@ class SafetyChecker:
         self.device = device
         self.dtype = dtype
         # None: the processor runs on the PIL images (the decoded tensors are not used).
-        self.device_preprocessing = matching_preprocessing(processor, model_id)
+        self.device_preprocessing = matching_preprocessing(processor, model_id, device)
 
     @classmethod
     def load(cls, model_id: str, snapshot: Path, device: torch.device, dtype: torch.dtype) -> SafetyChecker:
