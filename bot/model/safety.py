@@ -19,6 +19,7 @@ loaded, a model that gives no usable score) raise SafetyModelError with one line
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -176,9 +177,7 @@ class DevicePreprocessing:
         if self.scale is not None:
             pixels = pixels * self.scale
         if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, device=pixels.device).view(-1, 1, 1)
-            std = torch.tensor(self.std, device=pixels.device).view(-1, 1, 1)
-            pixels = (pixels - mean) / std
+            pixels = (pixels - _channel_tensor(self.mean, pixels.device)) / _channel_tensor(self.std, pixels.device)
         return pixels
 
 
@@ -343,6 +342,12 @@ def _size_fields(value) -> dict[str, int]:
         except (TypeError, ValueError):
             raise ValueError(f"its size {value!r} is not a dict") from None
     return {str(key): int(number) for key, number in items if number is not None}
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Made once per device: a copy to the GPU for every image would wait for the work queued before it.
+    return torch.tensor(values, device=device).view(-1, 1, 1)
 
 
 def _channel_values(value) -> tuple[float, ...]:
