@@ -668,7 +668,7 @@ async def run_queue(settings, service, requests: list, folder: Path, timeout: fl
     try:
         started = time.perf_counter()
         for request in requests:
-            record = new_record(request, user_id=1, user_name="bench", channel_id=1)
+            record = new_record(request, user_id=1, channel_id=1)
             await runner.accept(record, application_id=None, attachment_size_limit=DEFAULT_ATTACHMENT_LIMIT)
         await presenter.wait_for(len(requests), timeout)
         elapsed = time.perf_counter() - started

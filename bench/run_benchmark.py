@@ -277,8 +277,8 @@ class Benchmark:
             HF_HUB_DISABLE_TELEMETRY="1",
             # The pipeline alone, as measured before the safety check existed; ours_safety adds the check.
             SAFETY_MODEL="",
-            # The enhancer's start-up self-test never meets a stop token with random weights: it would add its
-            # whole token budget, twice, to every warm-up. The enhancer phase measures it on its own.
+            # Random weights write no text: the enhancer's start-up self-test would run on the compiled path, then
+            # on plain generation, and turn it off, time in every warm-up. The enhancer phase measures it alone.
             ENHANCER="off",
             PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),

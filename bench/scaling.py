@@ -199,7 +199,7 @@ async def run_jobs(settings, pool, jobs: list, *, fairness: bool = False, timeou
         # time measured is the workers', not the store's accepting.
         await runner.set_paused(True)
         for user, request in jobs:
-            record = new_record(request, user_id=user, user_name=f"user{user}", channel_id=1)
+            record = new_record(request, user_id=user, channel_id=1)
             runner.reserve(user)
             await runner.accept(record, application_id=None, attachment_size_limit=DEFAULT_ATTACHMENT_LIMIT)
         started = time.perf_counter()

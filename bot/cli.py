@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ log = logging.getLogger("zimage-bot")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for a command stopped by Ctrl+C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,13 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level)
     command = args.command or "run"
-    if command == "cache-check":
-        return cache_check(settings)
-    if command == "download":
-        return download(settings)
-    if command == "generate":
-        return generate(settings, args)
-    return run(settings)
+    # Until the bot's event loop takes over SIGTERM and SIGINT, both stop the command the way Ctrl+C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if command == "cache-check":
+            return cache_check(settings)
+        if command == "download":
+            return download(settings)
+        if command == "generate":
+            return generate(settings, args)
+        return run(settings)
+    except KeyboardInterrupt:
+        # A stop asked for before the bot connected (while loading, say) is a clean stop, not a crash.
+        what = "before connecting to Discord" if command == "run" else command
+        print(f"zimage-bot: stopped ({what})", file=sys.stderr)
+        return EXIT_OK if command == "run" else EXIT_INTERRUPTED
 
 
 def cache_check(settings: Settings) -> int:
@@ -223,6 +233,9 @@ def run(settings: Settings) -> int:
         store.close()
         print(f"zimage-bot: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        store.close()
+        raise
     if not services:
         store.close()
         return EXIT_FAILURE
@@ -278,6 +291,10 @@ def _run_on_ray(settings: Settings, store, token: str) -> int:
         cluster.stop()
         store.close()
         return EXIT_FAILURE
+    except KeyboardInterrupt:
+        cluster.stop()
+        store.close()
+        raise
     log.info(
         "model ready in %.1f s (%d Ray worker(s); more join as they load)",
         time.perf_counter() - started,

@@ -216,7 +216,7 @@ class GenerationResult:
     # The prompt the images were made from: the enhanced one, or the request's own ("" means the latter).
     prompt_used: str = ""
     # Why an enhancement that was asked for was not used (the original prompt was), or None.
-    enhancement_note: str | None = None
+    enhancement_note: Text | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt_used:

@@ -50,7 +50,7 @@ class PreparedImage:
     image: Image.Image
     size: ImageSize
     original_size: tuple[int, int]  # width, height as sent (after EXIF rotation)
-    notes: tuple[str, ...]  # what was changed, in words for the user
+    notes: tuple[Text, ...]  # what was changed, in words for the user (rendered in their language)
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,12 @@ def prepare_image(
     Raises InvalidRequest, with what to change, for anything that is not a usable picture.
     """
     check_byte_size(len(data), max_bytes)
-    notes: list[str] = []
+    notes: list[Text] = []
     image = _open(data, max_pixels)
     try:
         if getattr(image, "is_animated", False) and getattr(image, "n_frames", 1) > 1:
             image.seek(0)
-            notes.append("It is an animation: its first frame was used.")
+            notes.append(Text("It is an animation: its first frame was used."))
         width, height = image.size
         rotated = _exif_orientation(image) in (5, 6, 7, 8)
         original_size = (height, width) if rotated else (width, height)
@@ -127,8 +127,13 @@ def prepare_image(
         fitted = ImageOps.fit(image, (target.width, target.height), method=Image.Resampling.LANCZOS)
         aspect = original_size[0] / original_size[1]
         if 1 - min(aspect / target.aspect, target.aspect / aspect) > CROP_NOTE_THRESHOLD:
-            where = "sides" if aspect > target.aspect else "top and bottom"
-            notes.append(f"It was cropped at the {where} to fit {target} (from {original_size[0]}x{original_size[1]}).")
+            # One whole sentence for each side, so a translation can word each its own way.
+            shape = {"size": str(target), "width": original_size[0], "height": original_size[1]}
+            if aspect > target.aspect:
+                cropped = Text("It was cropped at the sides to fit {size} (from {width}x{height}).", **shape)
+            else:
+                cropped = Text("It was cropped at the top and bottom to fit {size} (from {width}x{height}).", **shape)
+            notes.append(cropped)
         return PreparedImage(fitted, target, original_size, tuple(notes))
     finally:
         image.close()
@@ -242,7 +247,7 @@ def _exif_orientation(image: Image.Image) -> int:
         return 1
 
 
-def _upright(image: Image.Image, notes: list[str]) -> Image.Image:
+def _upright(image: Image.Image, notes: list[Text]) -> Image.Image:
     if _exif_orientation(image) in (1, 0):
         return image
     try:
@@ -250,26 +255,28 @@ def _upright(image: Image.Image, notes: list[str]) -> Image.Image:
     except Exception:
         return image
     if turned is not None and turned is not image:
-        notes.append("It was turned upright, as its camera orientation (EXIF) says.")
+        notes.append(Text("It was turned upright, as its camera orientation (EXIF) says."))
         image.close()
         return turned
     return image
 
 
-def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+def _to_rgb(image: Image.Image, notes: list[Text]) -> Image.Image:
     mode = image.mode
     if mode == "CMYK":
-        notes.append("Its CMYK colours (a print format) were converted to RGB; colours may look a little different.")
+        notes.append(
+            Text("Its CMYK colours (a print format) were converted to RGB; colours may look a little different.")
+        )
         return image.convert("RGB")
     if mode.startswith("I;16") or mode in ("I", "F"):
-        notes.append("It has 16-bit (or deeper) greyscale; it was reduced to 8 bits.")
+        notes.append(Text("It has 16-bit (or deeper) greyscale; it was reduced to 8 bits."))
         return _deep_grey_to_rgb(image)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
         low = _extrema(rgba.getchannel("A"))[0]
         if low < 255:
-            notes.append("Its transparent parts were filled with white.")
+            notes.append(Text("Its transparent parts were filled with white."))
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
         return rgba.convert("RGB")

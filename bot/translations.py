@@ -7,6 +7,7 @@ no code. A missing or broken translation falls back to the English text, never t
 
 from __future__ import annotations
 
+import json
 import logging
 import string
 from collections.abc import Mapping
@@ -46,6 +47,33 @@ class Text:
 
     def __hash__(self) -> int:
         return hash(self.message)
+
+    def to_json(self) -> str:
+        """The Text as JSON a store can keep and render later in any language: its English template and
+        its values (Texts inside as objects of their own, anything else not a number as its English text)."""
+        return json.dumps(self._data(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, stored: str) -> Text:
+        """A Text kept by `to_json`. Anything else (a plain sentence kept before it was a Text) comes back
+        as a Text of that sentence with no values: shown as it is, or translated where it is a known text."""
+        try:
+            data = json.loads(stored)
+        except ValueError:
+            return cls(stored)
+        return cls._of_data(data) if _is_text_data(data) else cls(stored)
+
+    def _data(self) -> dict[str, Any]:
+        values = {
+            name: value._data() if isinstance(value, Text) else value if _is_number(value) else str(value)
+            for name, value in self.values.items()
+        }
+        return {"text": self.message, "values": values}
+
+    @classmethod
+    def _of_data(cls, data: dict[str, Any]) -> Text:
+        values = data.get("values") or {}
+        return cls(data["text"], **{name: cls._of_data(v) if _is_text_data(v) else v for name, v in values.items()})
 
 
 def tr(locale: object | None, message: str, /, **values: Any) -> str:
@@ -114,6 +142,14 @@ def catalogues() -> Catalogues:
 def placeholders(template: str) -> set[str]:
     """The `{names}` a template expects, so a test can hold a translation to the same ones."""
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_text_data(data: object) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("text"), str) and isinstance(data.get("values", {}), dict)
 
 
 def _tag(locale: object | None) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,6 +76,11 @@ class Generation(commands.Cog):
         # The size choices come from IMAGE_SIZES, known only at run time: the command is built here.
         self.imagine = _imagine_command(self)
         self.imagine_from_image = app_commands.ContextMenu(name="Imagine from image", callback=self._from_message)
+        # One member's requests in one server are admitted one at a time: two sent together must not
+        # both pass the daily limit before either is recorded. A lock lives while someone holds it.
+        self._admission: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.imagine)
@@ -175,29 +181,31 @@ class Generation(commands.Cog):
         kind: str,
         parent_id: int | None = None,
         deferred: discord.InteractionCallbackResponse | None = None,
-        notes: tuple[str, ...] = (),
+        notes: tuple[Text, ...] = (),
     ) -> None:
         """Record, acknowledge at once, then queue the job. Refusals are private and queue nothing.
 
         `deferred`: the interaction was already acknowledged (publicly, with answer_privately_from_now_on)
         because a picture had to be downloaded first; the job is recorded and queued now."""
-        request = await check_imagine_allowed(
-            interaction, request, self.bot.store, clamp=kind not in ("imagine", "image")
-        )
-        self.runner.reserve(interaction.user.id)
-        record = new_record(
-            request,
-            user_id=interaction.user.id,
-            user_name=str(interaction.user),
-            channel_id=interaction.channel_id or 0,
-            guild_id=interaction.guild_id,
-            kind=kind,
-            parent_id=parent_id,
-            interaction_token=interaction.token,
-            token_created_at=time.time(),
-            locale=interaction.locale.value,  # later messages (status, result, DMs) speak the requester's language
-        )
-        record = await self.runner.record(record)
+        key = (interaction.guild_id, interaction.user.id)
+        admission = self._admission.setdefault(key, asyncio.Lock())
+        async with admission:
+            request = await check_imagine_allowed(
+                interaction, request, self.bot.store, clamp=kind not in ("imagine", "image")
+            )
+            self.runner.reserve(interaction.user.id)
+            record = new_record(
+                request,
+                user_id=interaction.user.id,
+                channel_id=interaction.channel_id or 0,
+                guild_id=interaction.guild_id,
+                kind=kind,
+                parent_id=parent_id,
+                interaction_token=interaction.token,
+                token_created_at=time.time(),
+                locale=interaction.locale.value,  # later messages (status, result, DMs) speak the requester's language
+            )
+            record = await self.runner.record(record)
         callback = deferred
         if callback is None:
             try:
@@ -271,12 +279,16 @@ class Generation(commands.Cog):
             return False
         return wanted
 
-    def enhancer_problem(self) -> str | None:
+    def enhancer_problem(self) -> Text | str | None:
         """Why the prompt enhancer cannot run here, or None when it can."""
         if not self.settings.enhancer:
             return "ENHANCER=off"
         status = getattr(self.bot.service, "enhancer_status", "on")  # no local service with WORKERS=ray
-        return None if status == "on" else status
+        if status == "on":
+            return None
+        # The self-test's reason is a Text: shown in the reader's language, the English as `status`.
+        problem = getattr(self.bot.service, "enhancer_problem", None)
+        return Text("off: {reason}", reason=problem) if isinstance(problem, Text) else status
 
     @app_commands.command(name="cancel")
     @app_commands.describe(job=locale_str("The job number (shown under each image and in /history)"))

@@ -68,7 +68,8 @@ class History(commands.Cog):
         # A job of another server (or someone else's DM) is answered exactly as one that does not exist.
         if record is None or not await may_see_job(interaction, record):
             raise InvalidRequest(no_such_job(job))
-        await interaction.response.send_message(embed=info_embed(record, self.bot.settings.model_id), ephemeral=True)
+        embed = info_embed(record, self.bot.settings.model_id, interaction.locale)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
 async def setup(bot) -> None:

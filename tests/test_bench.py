@@ -396,3 +396,42 @@ def test_the_enhancer_targets():
     assert table_row(markdown, "static cache, compiled decode step")[3] == "BackendCompilerFailed: boom"
     assert "| enhancer: 200 new tokens | <= 2 s | 8.50 s | **no** |" in markdown
     assert {t.name: t for t in report.evaluate_targets(fake_results())}["enhancer: 200 new tokens"].met is None
+
+
+def test_the_fp8_comparison_runs_on_the_tiny_model_and_scores_pictures_against_bf16(tiny_random_model, tmp_path):
+    """bench.fp8_compare on the CPU: bf16 measured in its own process, the FP8 schemes skipped with the
+    reason (they need FP8 tensor cores); then the picture comparison and the table on known arrays."""
+    import numpy as np
+    import torch
+
+    from bench import fp8_compare
+
+    hub, _ = tiny_random_model
+    work = tmp_path / "work"
+    (work / "hf").mkdir(parents=True)
+    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
+    (work / "built-model.json").write_text(TINY.to_json())
+    results_file = tmp_path / "fp8.json"
+    command = [sys.executable, "-m", "bench.fp8_compare", "--tiny", "--schemes", "bf16,ours", "--repeats", "1"]
+    command += ["--work-dir", str(work), "--results", str(results_file)]
+    run = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(results_file.read_text())
+    bf16, ours = results["schemes"]["bf16"], results["schemes"]["ours"]
+    assert bf16["status"] == "ok" and bf16["quantized_layers"] == 0 and bf16["steady_s"]["64x64"] > 0
+    assert ours == {"status": "skipped", "reason": fp8_compare.fp8_unavailable("ours", torch.device("cpu"))}
+    saved = np.load(work / "fp8-images" / f"bf16-{fp8_compare.SEEDS[0]}.npy")
+    assert saved.shape == (64, 64, 3) and saved.dtype == np.uint8
+
+    # A scheme whose pictures differ from bf16's by 2 levels everywhere: PSNR 20*log10(255/2).
+    for seed in fp8_compare.SEEDS:
+        reference = np.load(work / "fp8-images" / f"bf16-{seed}.npy").astype(np.int16)
+        np.save(work / "fp8-images" / f"ours-{seed}.npy", np.clip(reference + 2, 0, 255).astype(np.uint8))
+    results["schemes"]["ours"] = {"status": "ok", "quantized_layers": 7, "steady_s": {"64x64": 0.5}}
+    results["schemes"]["bf16"]["steady_s"] = {"64x64": 1.0}
+    fp8_compare.compare_images(results, work / "fp8-images")
+    scored = results["schemes"]["ours"]
+    assert scored["mean_abs_diff_vs_bf16"] <= 2.0 and scored["mean_abs_diff_vs_bf16"] > 1.5  # clipped at 255
+    assert scored["psnr_vs_bf16_db"] >= 20 * np.log10(255 / 2) - 1e-9
+    row = next(line for line in fp8_compare.render(results).splitlines() if line.startswith("| ours "))
+    assert row.split(" | ")[1:4] == ["7", "0.500", "2.00x"]

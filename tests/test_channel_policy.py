@@ -59,7 +59,6 @@ async def test_each_channel_and_policy_after_a_restart(start_bot, discord_api, t
                 JobRecord(
                     id=None,
                     user_id=int(alice.id),
-                    user_name="alice",
                     guild_id=int(guild_id) if guild_id else None,
                     channel_id=int(channel_id),
                     prompt=prompt,

@@ -67,7 +67,7 @@ def test_a_jobs_interaction_token_is_in_no_repr():
     from bot.jobs.store import JobRecord
 
     record = JobRecord(
-        **dict(id=1, user_id=2, user_name="alice", guild_id=3, channel_id=4, prompt="a cat", negative_prompt=""),
+        **dict(id=1, user_id=2, guild_id=3, channel_id=4, prompt="a cat", negative_prompt=""),
         **dict(width=64, height=64, steps=2, seed=1, guidance=0.0, count=1),
         interaction_token="aW50ZXJhY3Rpb24-secret",
     )

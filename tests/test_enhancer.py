@@ -27,6 +27,7 @@ from bot.image_files import read_parameters
 from bot.image_size import ImageSize
 from bot.jobs.store import JobStore
 from bot.model.enhancer import (
+    SELF_TEST_NEW_TOKENS,
     SELF_TEST_PROMPT,
     SYSTEM_PROMPT,
     EnhancedPrompt,
@@ -38,6 +39,7 @@ from bot.model.enhancer import (
 )
 from bot.model.pipeline_service import PipelineService
 from bot.settings import ConfigError, Settings
+from bot.translations import Text
 from conftest import tiny_env
 from tiny_model import TINY_REPO_ID
 
@@ -187,40 +189,72 @@ def test_a_self_test_failed_on_the_fast_path_is_tried_again_with_plain_generatio
     assert enhancer.fast_error == f"self-test on the compiled path: {plain_problem}"
 
 
+def test_the_self_test_writes_only_its_few_tokens_and_noise_fails_it(tiny_pipe):
+    # Random weights write bytes and seldom a stop token: the self-test stops at its bound all the same.
+    enhancer = make_enhancer(tiny_pipe, max_new_tokens=2 * SELF_TEST_NEW_TOKENS)
+    problem = enhancer.self_test()
+    generated = enhancer.self_test_generated
+    assert generated is not None and len(generated.token_ids) == SELF_TEST_NEW_TOKENS and not generated.finished
+    assert str(problem) == "its answer to a test prompt was not text"
+    # The start of the answer a whole rewrite of the same prompt writes (same seed, same path): only shorter.
+    whole = enhancer.enhance(SELF_TEST_PROMPT, 0)
+    assert whole.new_tokens == 2 * SELF_TEST_NEW_TOKENS and whole.token_ids[:SELF_TEST_NEW_TOKENS] == tuple(
+        generated.token_ids
+    )
+
+
+def test_a_self_test_answer_cut_off_at_its_bound_passes_when_it_is_text_and_warms_the_cache_rewrites_use(tiny_pipe):
+    # The tiny model's answer starts with a few letters: a self-test bounded there reads text, not ended.
+    tokens = make_enhancer(tiny_pipe).enhance(SELF_TEST_PROMPT, 0).token_ids
+    decoded = [clean_answer(tiny_pipe.tokenizer.decode(tokens[:count])) for count in range(len(tokens) + 1)]
+    count = max(count for count, text in enumerate(decoded) if is_text(text))
+    enhancer = make_enhancer(tiny_pipe, self_test_tokens=count)
+    enhancer.fast = True  # the static-cache path (compiled, with its CUDA graph, on CUDA)
+    assert enhancer.self_test() is None
+    generated = enhancer.self_test_generated
+    assert generated is not None and len(generated.token_ids) == count
+    assert not generated.finished and generated.fast_path and enhancer.fast
+    # The cache the self-test ran in has the length of every rewrite's, and rewrites reuse it as it is.
+    keys = enhancer.static_cache.layers[0].keys
+    assert keys.shape[2] == enhancer.cache_tokens
+    assert enhancer.enhance(PROMPT, 1).token_ids
+    assert enhancer.static_cache.layers[0].keys.data_ptr() == keys.data_ptr()
+
+
 # ----- every way a rewrite is not used --------------------------------------------------------------
 
 
 def test_running_out_of_tokens_keeps_the_original(tiny_pipe):
     short = make_enhancer(tiny_pipe, max_new_tokens=6)
     _, result = seed_where(short, lambda r: r.new_tokens == 6)
-    assert result.note == "the enhancer did not finish within 6 tokens"
+    assert str(result.note) == "the enhancer did not finish within 6 tokens"
     assert result.text == PROMPT and not result.enhanced
 
 
 def test_the_wall_clock_limit_stops_a_rewrite(tiny_pipe):
     hurried = make_enhancer(tiny_pipe, time_limit_s=0.0)
-    _, result = seed_where(hurried, lambda r: r.note is not None and "longer" in r.note)
-    assert result.note == "the enhancer took longer than 0 s"
+    _, result = seed_where(hurried, lambda r: r.note is not None and "longer" in str(r.note))
+    assert str(result.note) == "the enhancer took longer than 0 s"
     assert result.new_tokens == 1  # stopped after the first token, not after the budget
     assert result.text == PROMPT
 
 
 def test_an_empty_answer_keeps_the_original(enhancer):
-    _, result = seed_where(enhancer, lambda r: r.note == "the enhancer returned nothing")
+    _, result = seed_where(enhancer, lambda r: str(r.note) == "the enhancer returned nothing")
     assert result.token_ids == () and result.text == PROMPT
 
 
 def test_an_answer_too_long_for_a_prompt_keeps_the_original(tiny_pipe, enhancer):
     seed, stop, text = stop_where(enhancer, lambda text: len(text) > 3)
     result = make_enhancer(tiny_pipe, max_chars=3, stop_token_ids=(stop,)).enhance(PROMPT, seed)
-    assert result.note == f"the enhanced prompt was too long ({len(text)} characters, at most 3)"
+    assert str(result.note) == f"the enhanced prompt was too long ({len(text)} characters, at most 3)"
     assert result.text == PROMPT
 
 
 def test_unreadable_output_keeps_the_original(tiny_pipe, enhancer):
     seed, stop, text = stop_where(enhancer, lambda text: bool(text) and not is_text(text))
     result = make_enhancer(tiny_pipe, stop_token_ids=(stop,)).enhance(PROMPT, seed)
-    assert result.note == "the enhancer's answer was not readable text"
+    assert str(result.note) == "the enhancer's answer was not readable text"
     assert result.text == PROMPT and clean_answer(result.raw) == text
 
 
@@ -228,7 +262,7 @@ def test_a_failure_inside_the_model_keeps_the_original(enhancer, caplog):
     # A seed no random generator takes: torch raises inside the rewrite.
     with caplog.at_level(logging.WARNING, logger="bot.model.enhancer"):
         result = enhancer.enhance(PROMPT, 2**64)
-    assert result.note == "the enhancer failed (ValueError)" and result.text == PROMPT
+    assert str(result.note) == "the enhancer failed (ValueError)" and result.text == PROMPT
     assert "prompt enhancement failed" in caplog.text
     assert enhancer.enhance(PROMPT, 1).token_ids  # and the next rewrite runs
 
@@ -236,7 +270,7 @@ def test_a_failure_inside_the_model_keeps_the_original(enhancer, caplog):
 def test_a_prompt_too_long_for_the_cache_is_not_rewritten(tiny_pipe):
     small = make_enhancer(tiny_pipe, cache_tokens=400)
     result = small.enhance("a fox " * 100, 1)
-    assert result.note == "the prompt is too long to enhance" and result.token_ids == ()
+    assert str(result.note) == "the prompt is too long to enhance" and result.token_ids == ()
 
 
 @pytest.mark.parametrize(
@@ -254,7 +288,8 @@ def test_a_prompt_too_long_for_the_cache_is_not_rewritten(tiny_pipe):
     ],
 )
 def test_answers_that_cannot_be_prompts(answer, note):
-    assert check_answer(clean_answer(answer)) == note
+    problem = check_answer(clean_answer(answer))
+    assert (None if problem is None else str(problem)) == note
 
 
 def test_text_to_draw_must_survive_the_rewrite():
@@ -262,7 +297,9 @@ def test_text_to_draw_must_survive_the_rewrite():
     kept = 'a small shop at night, a neon sign reading "OPEN 24/7", a red banner with “大减价”, rain'
     assert check_answer(kept, original=original) is None
     dropped = "a small shop at night, a neon sign reading OPEN, a red banner with “大减价”, rain"
-    assert check_answer(dropped, original=original) == 'the enhanced prompt did not keep the text to draw ("OPEN 24/7")'
+    assert str(check_answer(dropped, original=original)) == (
+        'the enhanced prompt did not keep the text to draw ("OPEN 24/7")'
+    )
     assert check_answer("a fox", original="a fox") is None
 
 
@@ -294,12 +331,12 @@ def test_a_failed_self_test_turns_the_enhancer_off_and_the_bot_still_starts(tiny
             report = service.load()
         assert service.ready
         assert service.enhancer is None
-        assert service.enhancer_problem == "its answer to a test prompt was empty"
+        assert str(service.enhancer_problem) == "its answer to a test prompt was empty"
         assert report.enhancer == "off: its answer to a test prompt was empty"
         assert "prompt enhancer turned off: its answer to a test prompt was empty" in caplog.text
         result = service.generate(GenerationRequest(PROMPT, ImageSize(64, 64), 2, seed=3, enhance=True))
         assert result.prompt_used == PROMPT and result.images
-        assert result.enhancement_note == (
+        assert str(result.enhancement_note) == (
             "the prompt enhancer was turned off at start-up (its answer to a test prompt was empty)"
         )
     finally:
@@ -309,7 +346,7 @@ def test_a_failed_self_test_turns_the_enhancer_off_and_the_bot_still_starts(tiny
 def test_the_tiny_models_noise_fails_the_self_test(loaded_service):
     # Random weights write bytes, not text: the shared test service starts with the enhancer off.
     assert loaded_service.ready and loaded_service.enhancer is None
-    assert loaded_service.enhancer_problem in (
+    assert str(loaded_service.enhancer_problem) in (
         "its answer to a test prompt was not text",
         "its answer to a test prompt was empty",
     )
@@ -324,8 +361,8 @@ def test_enhancer_off_builds_nothing_and_says_so(tmp_path, hub_cache):
         assert service.enhancer is None and report.enhancer == "off" and service.enhancer_status == "off"
         result = service.generate(GenerationRequest(PROMPT, ImageSize(64, 64), 2, seed=3, enhance=True))
         assert result.prompt_used == PROMPT
-        assert result.enhancement_note == "the prompt enhancer is turned off on this bot"
-        assert service.enhance(PROMPT, 1).note == "the prompt enhancer is turned off on this bot"
+        assert str(result.enhancement_note) == "the prompt enhancer is turned off on this bot"
+        assert str(service.enhance(PROMPT, 1).note) == "the prompt enhancer is turned off on this bot"
     finally:
         service.close()
 
@@ -370,14 +407,16 @@ def test_a_rewrite_the_guild_would_refuse_is_not_used(rewriting_service):
     service, seed, text = rewriting_service
     seen = []
 
-    def check(prompt: str) -> str | None:
+    def check(prompt: str) -> Text | None:
         seen.append(prompt)
-        return "the enhanced prompt has a word blocked here"
+        return Text("the enhanced prompt has a word blocked here")
 
     request = GenerationRequest(PROMPT, ImageSize(64, 64), 2, seed=seed, enhance=True)
     result = service.submit(request, prompt_check=check).result()
     assert seen == [text]
-    assert result.prompt_used == PROMPT and result.enhancement_note == "the enhanced prompt has a word blocked here"
+    assert result.prompt_used == PROMPT and result.enhancement_note == Text(
+        "the enhanced prompt has a word blocked here"
+    )
 
 
 def test_both_prompts_are_kept_in_the_store_the_png_and_info(rewriting_service, tmp_path):

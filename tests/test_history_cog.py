@@ -50,7 +50,6 @@ async def test_retention_removes_old_finished_jobs_and_their_images_at_start(sta
     with JobStore(data_dir) as store:
         common = dict(
             user_id=1,
-            user_name="u",
             guild_id=None,
             channel_id=int(discord_api.channel_id),
             prompt="p",

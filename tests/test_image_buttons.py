@@ -318,7 +318,7 @@ async def test_enhance_with_each_server_setting_and_the_prompt_check(start_bot, 
     enhanced = await delivered(discord_api, again, 60)
     redo = store.get(5)
     assert (redo.kind, redo.parent_id, redo.seed, redo.prompt, redo.enhance) == ("enhance", 1, seed, PROMPT, True)
-    assert redo.enhanced_prompt is None and "which this server blocks" in redo.enhancement_note
+    assert redo.enhanced_prompt is None and "which this server blocks" in str(redo.enhancement_note)
     fields = {field["name"]: field["value"] for field in enhanced.embeds[0]["fields"]}
     assert "which this server blocks" in fields["Prompt enhancer"]
     assert read_parameters(enhanced.attachments[0].data).startswith(PROMPT + "\n")
@@ -348,7 +348,10 @@ async def test_enhance_asked_for_on_a_bot_with_enhancer_off(start_bot, discord_a
 def test_the_enhanced_prompt_check():
     check = enhanced_prompt_check(("dragon",))
     assert check("a castle at dawn") is None
-    assert "dragon" in check("a red Dragon over a castle")
+    assert (
+        str(check("a red Dragon over a castle")) == 'the enhanced prompt contained "dragon", which this server blocks'
+    )
+    assert check("a red Dragon over a castle").render("zh-CN") == "增强后的提示词含有本服务器屏蔽的词“dragon”"
     assert check("a sexy schoolgirl") is not None
 
 

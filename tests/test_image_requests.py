@@ -66,12 +66,12 @@ def test_vary_and_upscale_requests_keep_prompt_and_style():
 def test_image_fields_survive_the_store_and_a_restart(tmp_path: Path):
     asked = request(source_image="outputs/inputs/x.png", source_sha256=SHA, strength=0.4, style="ink", style_weight=0.7)
     with JobStore(tmp_path / "data") as store:
-        stored = store.add(new_record(asked, user_id=1, user_name="a", channel_id=2))
+        stored = store.add(new_record(asked, user_id=1, channel_id=2))
     with JobStore(tmp_path / "data") as store:  # a restart reads the same job back
         again = store.get(stored.id)
     assert record_to_request(again) == asked
     plain = request()
-    assert record_to_request(new_record(plain, user_id=1, user_name="a", channel_id=2)) == plain
+    assert record_to_request(new_record(plain, user_id=1, channel_id=2)) == plain
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ damaged or foreign files, concurrent threads and a process killed with SIGKILL."
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ from bot.jobs.store import (
     PruneReport,
     StoreError,
 )
+from bot.translations import Text
 
 DAY = 86400.0
 NOW = 1_750_000_000.0
@@ -37,7 +39,6 @@ def make_job(user_id: int = 42, **overrides: object) -> JobRecord:
     job = JobRecord(
         id=None,
         user_id=user_id,
-        user_name="alice",
         guild_id=7,
         channel_id=8,
         prompt="a red fox",
@@ -61,7 +62,6 @@ def store(tmp_path: Path):
 def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> None:
     job = make_job(
         user_id=SNOWFLAKE,
-        user_name="bob 🦊",
         guild_id=SNOWFLAKE + 1,
         channel_id=SNOWFLAKE + 2,
         prompt="a fox 'quoted' \"twice\"; DROP TABLE jobs; --",
@@ -108,7 +108,6 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
 
     changes = {
         "user_id": 1,
-        "user_name": "carol",
         "guild_id": None,
         "channel_id": 2,
         "prompt": "p",
@@ -142,7 +141,7 @@ def test_every_field_round_trips_through_add_get_and_update(store: JobStore) -> 
         "style_weight": 1.5,
         "enhance": False,
         "enhanced_prompt": None,
-        "enhancement_note": "the enhancer took longer than 20 s",
+        "enhancement_note": Text("the enhancer took longer than {seconds} s", seconds="20"),
         "locale": "en-US",
     }
     assert set(changes) == {f.name for f in dataclasses.fields(JobRecord)} - {"id"}
@@ -333,7 +332,6 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert old == JobRecord(
             id=old.id,
             user_id=5,
-            user_name="old",
             guild_id=None,
             channel_id=6,
             prompt="a cat",
@@ -354,14 +352,51 @@ def test_a_version_1_database_is_migrated_and_its_rows_read_back(tmp_path: Path)
         assert store.update(old.id, delivery_attempts=1).delivery_attempts == 1
 
     conn = sqlite3.connect(data_dir / DB_FILE_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(jobs)")}
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()
     assert "jobs_user_created" in indexes
-    # Columns nothing read (interaction_id) or wrote (result_channel_id) are gone.
-    assert not {"interaction_id", "result_channel_id"} & columns
+    # Columns nothing read (interaction_id, user_name) or wrote (result_channel_id) are gone.
+    assert not {"interaction_id", "result_channel_id", "user_name"} & columns
     assert {"status_message_id", "result_message_id", "delivery_attempts"} <= columns
+
+
+def test_the_enhancement_note_is_kept_as_readable_text_to_render_later(store: JobStore) -> None:
+    # A reason inside a reason: each keeps its English template and values, so both render in any language.
+    note = Text(
+        "the prompt enhancer was turned off at start-up ({reason})",
+        reason=Text('the enhanced prompt did not keep the text to draw ("{text}")', text="大减价"),
+    )
+    job = store.add(make_job(enhance=True, enhancement_note=note))
+    assert store.get(job.id).enhancement_note == note
+    assert store.get(job.id).enhancement_note.render("zh-CN") == (
+        "提示词增强在启动时已关闭（增强后的提示词没有保留要画出的文字（“大减价”））"
+    )
+    with sqlite3.connect(store.path) as conn:
+        (stored,) = conn.execute("SELECT enhancement_note FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    # Readable in the file: the English template, the values, the Chinese as it is.
+    assert json.loads(stored) == {
+        "text": "the prompt enhancer was turned off at start-up ({reason})",
+        "values": {
+            "reason": {
+                "text": 'the enhanced prompt did not keep the text to draw ("{text}")',
+                "values": {"text": "大减价"},
+            }
+        },
+    }
+    assert "大减价" in stored
+    # A row written before notes were Texts holds the English sentence: it reads back as that sentence,
+    # and one that is a known text is even translated.
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(
+            "UPDATE jobs SET enhancement_note = ? WHERE id = ?", ("the enhancer took longer than 20 s", job.id)
+        )
+    old = store.get(job.id).enhancement_note
+    assert str(old) == old.render("zh-CN") == "the enhancer took longer than 20 s"
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE jobs SET enhancement_note = ? WHERE id = ?", ("the enhancer returned nothing", job.id))
+    assert store.get(job.id).enhancement_note.render("zh-CN") == "增强器没有返回任何内容"
 
 
 def test_reopening_keeps_jobs_and_does_not_migrate_again(tmp_path: Path) -> None:
@@ -493,7 +528,7 @@ import os, signal, sys
 from pathlib import Path
 from bot.jobs.store import JobRecord, JobState, JobStore
 store = JobStore(Path({str(tmp_path)!r}))
-job = store.add(JobRecord(None, 1, "a", None, 2, "p", "", 16, 16, 1, 3, 0.0, 1, state=JobState.DONE))
+job = store.add(JobRecord(None, 1, None, 2, "p", "", 16, 16, 1, 3, 0.0, 1, state=JobState.DONE))
 assert store.transition(job.id, [JobState.DONE], JobState.DELIVERED, result_message_id=9)
 print(job.id, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

@@ -4,8 +4,11 @@ a language without a catalogue."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
+
+from PIL import Image
 
 from bot.discord_bot.delivery import withheld_note
 from bot.image_files import read_parameters
@@ -150,6 +153,71 @@ async def test_an_unexpected_error_is_told_in_the_members_language(start_bot, di
     answer = await reply_text(discord_api, await discord_api.click(message, "zimage:delete:1", user=chinese))
     assert answer.ephemeral
     assert re.fullmatch(r"我们这边出了点问题（错误编号 `[0-9a-f]{8}`）。机器人仍在运行，请重试。", answer.content)
+
+
+async def test_why_an_enhanced_prompt_was_not_used_is_told_in_the_requesters_language(
+    start_bot, discord_api, tiny_settings
+):
+    from bot.model.pipeline_service import PipelineService
+
+    # An enhancer with too few tokens to finish its rewrite (no self-test, so it is on): the original is drawn.
+    prompt, tokens = "a red fox in the snow", 4
+    service = PipelineService(tiny_settings, enhancer_options={"max_new_tokens": tokens, "time_limit_s": 300.0})
+    service.load(warm_up=False)
+    try:
+        seed = next(
+            seed
+            for seed in range(40)
+            if str(service.enhance(prompt, seed).note) == f"the enhancer did not finish within {tokens} tokens"
+        )
+        running = await start_bot(IMAGE_SIZES="64x64", service=service)
+        chinese = discord_api.make_user("li", locale="zh-CN")
+        result = await delivered(
+            discord_api, await imagine(discord_api, prompt, chinese, seed=seed, enhance=True), timeout=60
+        )
+        fields = {field["name"]: field["value"] for field in result.embeds[0]["fields"]}
+        assert fields["提示词增强"] == f"未使用：增强器未能在 {tokens} 个 token 内写完。已按原始提示词生成。"
+        assert read_parameters(result.attachments[0].data).startswith(prompt + "\n")
+        # Info reads the note back from the store, in each reader's language.
+        info = await reply_text(discord_api, await discord_api.invoke("info", {"job": 1}, user=chinese))
+        fields = fields_of(info)
+        assert fields["提示词增强"] == f"未使用：增强器未能在 {tokens} 个 token 内写完。"
+        english = discord_api.make_user("alice")
+        info = await reply_text(discord_api, await discord_api.invoke("info", {"job": 1}, user=english))
+        assert fields_of(info)["Prompt enhancer"] == f"Not used: the enhancer did not finish within {tokens} tokens."
+        assert running.bot.store.get(1).enhanced_prompt is None
+    finally:
+        service.close()
+
+
+async def test_why_the_enhancer_is_not_available_is_told_in_the_members_language(start_bot, discord_api):
+    # The shared tiny service's enhancer failed its self-test (random weights write no text).
+    await start_bot()
+    chinese = discord_api.make_user("li", locale="zh-CN")
+    answer = await reply_text(discord_api, await imagine(discord_api, "一只猫", chinese, enhance=True))
+    assert answer.ephemeral and answer.content in (
+        "本机器人无法使用提示词增强（已关闭：它对测试提示词的回答不是文字）。请去掉 enhance。",
+        "本机器人无法使用提示词增强（已关闭：它对测试提示词的回答为空）。请去掉 enhance。",
+    )
+    answer = await reply_text(
+        discord_api, await imagine(discord_api, "a cat", discord_api.make_user("bob"), enhance=True)
+    )
+    assert answer.content.startswith(
+        "The prompt enhancer is not available on this bot (off: its answer to a test prompt"
+    )
+
+
+async def test_what_was_changed_in_a_sent_picture_is_told_in_the_requesters_language(start_bot, discord_api):
+    await start_bot(IMAGE_SIZES="64x64,96x64,64x96")
+    buffer = io.BytesIO()
+    Image.new("RGBA", (300, 150), (10, 200, 10, 100)).save(buffer, format="PNG")  # half transparent, 2:1
+    picture = discord_api.upload("wide.png", buffer.getvalue(), "image/png")
+    chinese = discord_api.make_user("li", locale="zh-CN")
+    result = await delivered(
+        discord_api, await imagine(discord_api, "一片绿色的田野", chinese, image=picture, strength=0.5, seed=9)
+    )
+    fields = {field["name"]: field["value"] for field in result.embeds[0]["fields"]}
+    assert fields["你的图片"] == "透明部分已填充为白色。\n已裁去左右两侧以适应 96x64（原图 300x150）。"
 
 
 def test_the_notes_about_flagged_images_read_whole_in_each_language():

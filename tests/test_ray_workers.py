@@ -116,3 +116,17 @@ async def test_ray_workers_dispatch_survive_a_killed_actor_and_take_in_new_ones(
     assert all(worker.state is not WorkerState.BUSY for worker in pool.workers)
     assert sum(worker.jobs_done for worker in pool.workers) == 5
     ray.kill(elsewhere)
+
+
+def test_the_bot_process_of_a_ray_cluster_never_imports_torch():
+    import subprocess
+    import sys
+
+    # Everything the bot process runs with WORKERS=ray, the code that starts actors included.
+    script = (
+        "import sys, bot.cli, bot.jobs.ray_workers, bot.discord_bot.client, cogs.generation, cogs.status\n"
+        "from bot.model.ray_worker import start_actor\n"
+        "print(sorted(name for name in ('torch', 'diffusers', 'transformers') if name in sys.modules))\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]", shown.stderr

@@ -3,6 +3,7 @@ which job, /settings and its bad inputs, the server's rules at /imagine, and the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 
@@ -327,6 +328,16 @@ async def test_daily_limit_says_how_many_are_left(world):
     assert message.ephemeral
     assert "You have 1 of your 2 images for today left in this server: ask for 1 or fewer" in message.content
     assert re.search(r"resets <t:\d+:R>", message.content)
+
+
+async def test_requests_sent_at_once_cannot_pass_the_daily_limit_together(world):
+    api, store = world.api, world.store
+    store.save_guild_settings(GuildSettings(int(api.guild_id), daily_limit=2))
+    interactions = await asyncio.gather(*(imagine(api, f"at once {n}", world.alice) for n in range(3)))
+    answers = [(await reply_text(api, interaction, timeout=30)).content for interaction in interactions]
+    refused = [text for text in answers if text.startswith("You have made your 2 images for today")]
+    assert len(refused) == 1, answers
+    assert len(store.recent_for_user(int(world.alice.id))) == 2
 
 
 @pytest.mark.parametrize(

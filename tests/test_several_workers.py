@@ -123,6 +123,74 @@ def test_two_devices_load_in_parallel_and_a_failing_one_is_named(tiny_settings):
     loaded[0].close()
 
 
+def meta_weights(service) -> list[str]:
+    """The weights of a loaded service left on the meta device (no data): none when it loaded right."""
+    import torch
+
+    modules = service.call_on_worker(
+        lambda pipe: {name: part for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)}
+    )
+    if service.safety_checker is not None:
+        modules["safety"] = service.safety_checker.model
+    if service.enhancer is not None:
+        modules["enhancer"] = service.enhancer.model
+    return [
+        f"{name}.{weight}"
+        for name, module in modules.items()
+        for weight, tensor in [*module.named_parameters(), *module.named_buffers()]
+        if tensor.is_meta
+    ]
+
+
+def test_devices_loading_side_by_side_build_every_module_with_its_weights(tiny_settings):
+    """Loading patches torch for the whole process (every module built meanwhile lands on the meta
+    device). Pairs of devices load at once, the second started a little later each time so that each
+    step of one load meets the other's from_pretrained in some pair: a step that built modules outside
+    the lock failed ("Cannot copy out of meta tensor") or silently left a weight without data."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.model.pipeline_service import PipelineService
+
+    for step in range(16):
+        services = [PipelineService(tiny_settings.for_device("cpu")) for _ in range(2)]
+        try:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                first = pool.submit(services[0].load, warm_up=False)
+                time.sleep(step * 0.004)
+                second = pool.submit(services[1].load, warm_up=False)
+                first.result(), second.result()
+            for service in services:
+                assert service.safety_checker is not None and service.enhancer is not None
+                assert meta_weights(service) == [], f"second device started {step * 4} ms later"
+        finally:
+            for service in services:
+                service.close()
+
+
+def test_a_device_builds_nothing_while_another_reads_its_weights(tiny_settings):
+    """Held here as another device's from_pretrained holds it: the lock, and inside it accelerate's
+    init_empty_weights, the process-wide patch that puts every new weight on the meta device. The
+    device that loads meanwhile must wait for the lock, not build its safety classifier under the patch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import accelerate
+
+    from bot.model import pipeline_service
+
+    service = pipeline_service.PipelineService(tiny_settings)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with pipeline_service._LOAD_LOCK, accelerate.init_empty_weights():
+            loading = pool.submit(service.load, warm_up=False)
+            with pytest.raises(TimeoutError):
+                loading.result(timeout=2)  # still waiting for the other device
+        loading.result(timeout=60)
+    try:
+        assert service.ready and meta_weights(service) == []
+    finally:
+        service.close()
+
+
 # ----- the bot with two workers --------------------------------------------------------------------
 
 

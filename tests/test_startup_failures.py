@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -52,3 +54,34 @@ def test_running_out_of_gpu_memory_while_loading_says_which_offload_to_use(tmp_p
     assert message.startswith("the GPU (") and "ran out of memory while loading the model" in message
     assert f"with OFFLOAD={offload}: " in message and advice in message and "\n" not in message
     assert service.state is ServiceState.CLOSED
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+async def test_a_stop_while_the_model_loads_is_a_clean_exit_without_a_traceback(launch, discord_api, stop):  # noqa: F811
+    bot = await launch()
+    # The safety classifier loads first; the pipeline and its warm-up take seconds after it.
+    await bot.until(lambda: bot.line_time("safety model"), 120, "the start of loading")
+    bot.process.send_signal(getattr(signal, stop))
+    assert await bot.exit_status() == 0
+    assert "zimage-bot: stopped (before connecting to Discord)" in bot.stderr, bot.tail()
+    assert "Traceback" not in bot.stderr and MODEL_READY not in bot.stderr
+    assert discord_api.identify_count == 0
+
+
+def test_torch_compile_refusing_the_blocks_falls_back_to_eager_and_generates(tmp_path, hub_cache, monkeypatch, caplog):
+    from bot.generation import GenerationRequest
+    from bot.model import pipeline_service
+
+    # A real refusal by torch.compile, raised while the blocks are wrapped (before any warm-up call).
+    monkeypatch.setitem(pipeline_service.COMPILE_OPTIONS, "mode", "no-such-mode")
+    settings = Settings.from_env(tiny_env(tmp_path, hub_cache, COMPILE="1", SAFETY_MODEL="", ENHANCER="off"))
+    service = PipelineService(settings)
+    try:
+        service.load(warm_up=True)
+        warnings = [record for record in caplog.records if COMPILE_FAILED in record.getMessage()]
+        assert len(warnings) == 1 and "no-such-mode" in warnings[0].getMessage()
+        assert service.state is ServiceState.READY and service.compile is False
+        result = service.generate(GenerationRequest("a cat", settings.default_size, 2, seed=1))
+        assert result.images[0].size == (settings.default_size.width, settings.default_size.height)
+    finally:
+        service.close()

@@ -15,7 +15,7 @@ from typing import Any
 import discord
 
 from bot.generation import GenerationRequest
-from bot.translations import tr
+from bot.translations import Text, localise, tr
 
 BUTTON_PREFIX = "zimage"
 # Upscale and the Vary pair redraw one image of a result (the index in the custom_id; 0 for a single image).
@@ -103,7 +103,8 @@ def format_seconds(seconds: float) -> str:
 def status_text(job, paused: bool) -> str:
     """The live line of a waiting or running job (`job` is a runner.ActiveJob), in its requester's language."""
     locale = requester_locale(job)
-    prompt = quote(job.request.prompt) + "".join(f"\n-# {note}" for note in getattr(job, "notes", ()))
+    notes = getattr(job, "notes", ())
+    prompt = quote(job.request.prompt) + "".join(f"\n-# {localise(note, locale)}" for note in notes)
     if job.progress is not None:
         step = job.progress
         if job.request.count > 1:
@@ -165,8 +166,8 @@ def result_embed(
     first_file: str | None,
     *,
     enhanced_prompt: str | None = None,
-    enhancement_note: str | None = None,
-    notes: tuple[str, ...] = (),
+    enhancement_note: Text | None = None,
+    notes: tuple[Text, ...] = (),
     locale: object | None = None,
 ) -> discord.Embed:
     """The result's embed. The title is the requester's own prompt; an enhanced prompt that made the
@@ -201,7 +202,8 @@ def result_embed(
             inline=False,
         )
     if notes:
-        embed.add_field(name=tr(locale, "Your picture"), value="\n".join(notes)[:1024], inline=False)
+        shown = "\n".join(localise(note, locale) for note in notes)
+        embed.add_field(name=tr(locale, "Your picture"), value=shown[:1024], inline=False)
     if first_file:
         embed.set_image(url=f"attachment://{first_file}")
     # The footer is how the bot (and people) find a result's job again: the same in every language.

@@ -76,7 +76,7 @@ class ActiveJob(QueueEntry):
     progress: StepProgress | None = None
     cancelled_by: int | None = None
     retried: bool = False  # ran once on a worker that failed; a second failure goes to the user
-    notes: tuple[str, ...] = ()  # what was changed in the requester's picture (shown with the job; not stored)
+    notes: tuple[Text, ...] = ()  # what was changed in the requester's picture (shown with the job; not stored)
 
     @property
     def token_age(self) -> float:
@@ -123,12 +123,11 @@ def record_to_request(record: JobRecord) -> GenerationRequest:
     )
 
 
-def new_record(request: GenerationRequest, *, user_id: int, user_name: str, channel_id: int, **fields) -> JobRecord:
+def new_record(request: GenerationRequest, *, user_id: int, channel_id: int, **fields) -> JobRecord:
     """A store record for a new job asking for `request`; `fields` are the other JobRecord fields."""
     return JobRecord(
         id=None,
         user_id=user_id,
-        user_name=user_name,
         guild_id=fields.pop("guild_id", None),
         channel_id=channel_id,
         prompt=request.prompt,
@@ -665,15 +664,15 @@ class JobRunner:
         job.record = await asyncio.to_thread(self.store.update, job.job_id, **fields)
 
 
-def enhanced_prompt_check(blocked_words: tuple[str, ...]) -> Callable[[str], str | None]:
+def enhanced_prompt_check(blocked_words: tuple[str, ...]) -> Callable[[str], Text | None]:
     """Why an enhanced prompt may not be drawn (the minors rule, a blocked word), or None. Pure: safe on any thread."""
 
-    def check(prompt: str) -> str | None:
+    def check(prompt: str) -> Text | None:
         if asks_for_sexual_minors(prompt):
-            return "the enhanced prompt asked for something this bot never makes"
+            return Text("the enhanced prompt asked for something this bot never makes")
         word = blocked_word_in([prompt], blocked_words)
         if word is not None:
-            return f'the enhanced prompt contained "{word}", which this server blocks'
+            return Text('the enhanced prompt contained "{word}", which this server blocks', word=word)
         return None
 
     return check

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.guild_settings import EnhanceDefault, GuildSettings, NsfwPolicy
+from bot.translations import Text
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ PRUNE_BATCH = 100
 class JobRecord:
     id: int | None
     user_id: int
-    user_name: str
     guild_id: int | None
     channel_id: int
     prompt: str
@@ -98,7 +98,9 @@ class JobRecord:
     style_weight: float | None = None
     enhance: bool = False  # the requester asked for the prompt enhancer
     enhanced_prompt: str | None = None  # the prompt the images were made from, when the enhancer's was used
-    enhancement_note: str | None = None  # why an asked-for enhancement was not used
+    # Why an asked-for enhancement was not used, rendered in the reader's language when shown; kept as
+    # `Text.to_json` (the English template and its values), so it is readable in the file too.
+    enhancement_note: Text | None = None
     # The requester's Discord locale ("zh-CN"), from the interaction that asked: messages that outlive
     # the interaction (status, result, restart notices, DMs) are written in it. None: English.
     locale: str | None = None
@@ -208,6 +210,8 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE jobs ADD COLUMN enhancement_note TEXT",
     ),
     ("ALTER TABLE jobs ADD COLUMN locale TEXT",),  # the requester's language
+    # Written but never read: the requester is user_id, and a display name is personal data not worth keeping.
+    ("ALTER TABLE jobs DROP COLUMN user_name",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -221,6 +225,8 @@ def _to_column(name: str, value: Any) -> Any:
         return json.dumps([int(seed) for seed in value])
     if name == "flagged":
         return json.dumps([bool(flag) for flag in value])
+    if name == "enhancement_note" and isinstance(value, Text):
+        return value.to_json()  # a plain sentence is kept as it is, and reads back like an old row
     return value
 
 
@@ -230,6 +236,8 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
     values["enhance"] = bool(values["enhance"])
     for name in _JSON_FIELDS:
         values[name] = json.loads(values[name])
+    if values["enhancement_note"] is not None:
+        values["enhancement_note"] = Text.from_json(values["enhancement_note"])
     return JobRecord(**values)
 
 

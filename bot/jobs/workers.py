@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot.generation import CancelToken, GenerationError, GenerationRequest, GenerationResult, ProgressCallback
+from bot.translations import Text
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class GenerationBackend(Protocol):
         *,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
-        prompt_check: Callable[[str], str | None] | None = None,
+        prompt_check: Callable[[str], Text | None] | None = None,
     ) -> Future[GenerationResult]: ...
 
     def estimate_seconds(self, request: GenerationRequest) -> float | None: ...
@@ -93,7 +94,7 @@ class Worker:
         *,
         progress: ProgressCallback,
         cancel: CancelToken,
-        prompt_check: Callable[[str], str | None] | None = None,
+        prompt_check: Callable[[str], Text | None] | None = None,
     ) -> GenerationResult:
         """Run one request on this worker's device; raises the backend's GenerationError subclasses.
         `prompt_check` vets an enhanced prompt on the GPU thread (the runner checks again afterwards)."""

@@ -41,7 +41,8 @@ def create_services(settings: Settings, devices: list[str]) -> list[PipelineServ
 
 def load_all(services: list[PipelineService], *, warm_up: bool, allow_degraded: bool) -> list[PipelineService]:
     """Load and warm up every service at once, one thread each: the warm-ups (compiling, first calls)
-    run in parallel; reading the weights goes one device at a time (see the lock in pipeline_service).
+    run in parallel; reading the weights and building modules go one device at a time (see the lock
+    in pipeline_service).
     Returns the services that loaded.
 
     A device that fails stops start-up with its name, unless `allow_degraded` and another one loaded;

@@ -8,7 +8,8 @@ is copied.
 
 Everything here runs on the model service's single worker thread. A rewrite that fails, runs out of
 time or tokens, comes back empty, too long, unreadable or as a refusal is not used: the caller keeps
-the original prompt and gets the reason in `EnhancedPrompt.note`.
+the original prompt and gets the reason in `EnhancedPrompt.note`, a Text rendered later in the reader's
+language.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from transformers import Qwen3ForCausalLM, StoppingCriteria, StoppingCriteriaList
 
 from bot.generation import MAX_PROMPT_CHARS
+from bot.translations import Text
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,16 @@ SELF_TEST_PROMPT = 'a cat on a windowsill next to a sign that says "OPEN"'
 
 # New tokens of one rewrite: the system prompt asks for at most 120 words, about 160 tokens.
 MAX_NEW_TOKENS = 256
+# New tokens of the self-test: about twenty words, enough to tell text from noise, at an eighth of a full rewrite.
+SELF_TEST_NEW_TOKENS = 32
 # Length of the static key/value cache on CUDA: prompts are padded to nothing, so every rewrite
 # reuses one cache (and one compiled decode step) as long as the chat and the answer fit in it.
 CACHE_TOKENS = 1024
 # Wall-clock limit of one rewrite; a generation still running then stops and the prompt is kept.
 TIME_LIMIT_S = 20.0
-# The self-test's limit: on CUDA its call also compiles the decode step and records its CUDA graph.
+# The self-test's limit: on CUDA its call also compiles the decode step and records its CUDA graph (the
+# decode step's shapes come from the static cache's length, never from the number of new tokens, so the
+# short self-test compiles and records exactly what every later rewrite runs).
 SELF_TEST_TIME_LIMIT_S = 900.0
 # Qwen3's recommended sampling for non-thinking answers; the job's seed makes it repeatable.
 SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
@@ -81,7 +87,7 @@ class EnhancedPrompt:
 
     original: str
     text: str  # the enhanced prompt, or the original when `note` says why not
-    note: str | None = None
+    note: Text | None = None
     seconds: float = 0.0
     raw: str = ""  # what the model wrote, for the log
     token_ids: tuple[int, ...] = ()  # the new tokens, up to the stop token
@@ -133,6 +139,7 @@ class PromptEnhancer:
         stop_token_ids: tuple[int, ...] = (),
         compile: bool = False,
         cache_tokens: int = CACHE_TOKENS,
+        self_test_tokens: int = SELF_TEST_NEW_TOKENS,
     ) -> None:
         config = text_encoder.config
         if not getattr(config, "tie_word_embeddings", False):
@@ -150,6 +157,8 @@ class PromptEnhancer:
         self.time_limit_s = time_limit_s
         self.max_chars = max_chars
         self.cache_tokens = cache_tokens
+        self.self_test_tokens = self_test_tokens
+        self.self_test_generated: Generated | None = None  # what the last self-test wrote, for the log and tests
         stops = {tokenizer.convert_tokens_to_ids(token) for token in ("<|im_end|>", "<|endoftext|>")}
         stops |= {tokenizer.eos_token_id, *stop_token_ids}
         self.stop_token_ids = tuple(sorted(token for token in stops if isinstance(token, int) and token >= 0))
@@ -183,13 +192,13 @@ class PromptEnhancer:
         try:
             input_ids = self.input_ids(prompt)
             if input_ids.shape[1] + self.max_new_tokens > self.cache_tokens:
-                return self._kept(prompt, "the prompt is too long to enhance", started)
+                return self._kept(prompt, Text("the prompt is too long to enhance"), started)
             generated = self.generate(input_ids, seed=seed, time_limit_s=time_limit_s)
         except torch.OutOfMemoryError:
             raise  # the service frees memory and reports it like any out-of-memory job
         except Exception as error:
             log.warning("prompt enhancement failed (%s: %s); keeping the original prompt", type(error).__name__, error)
-            return self._kept(prompt, f"the enhancer failed ({type(error).__name__})", started)
+            return self._kept(prompt, failed(error), started)
         raw = self.tokenizer.decode(generated.token_ids, skip_special_tokens=True)
         seconds = time.perf_counter() - started
         note = self._problem(generated, time_limit_s or self.time_limit_s)
@@ -201,10 +210,13 @@ class PromptEnhancer:
             return EnhancedPrompt(prompt, prompt, note, seconds, raw, tuple(generated.token_ids))
         return EnhancedPrompt(prompt, text, None, seconds, raw, tuple(generated.token_ids))
 
-    def self_test(self) -> str | None:
-        """Rewrite a fixed prompt; the reason the enhancer must not be used, or None when it writes text.
+    def self_test(self) -> Text | None:
+        """Start a rewrite of a fixed prompt; the reason the enhancer must not be used, or None when it writes text.
 
-        A compiled path that writes no text is not trusted either: plain generation gets the same test."""
+        Only the first `SELF_TEST_NEW_TOKENS` tokens are written (whether the answer ended or not): enough to
+        judge the text, and on CUDA to compile the decode step and record its CUDA graph in the static cache
+        every rewrite reuses. A compiled path that writes no text is not trusted either: plain generation
+        gets the same test."""
         problem = self._self_test_once()
         if problem is not None and self.fast:
             self.fast = False
@@ -214,15 +226,38 @@ class PromptEnhancer:
             problem = self._self_test_once()
         return problem
 
-    def _self_test_once(self) -> str | None:
-        result = self.enhance(SELF_TEST_PROMPT, seed=0, time_limit_s=SELF_TEST_TIME_LIMIT_S)
-        answer = clean_answer(result.raw)
-        if result.note and result.note.startswith("the enhancer failed"):
-            return result.note
+    def _self_test_once(self) -> Text | None:
+        self.self_test_generated = None
+        try:
+            input_ids = self.input_ids(SELF_TEST_PROMPT)
+            generated = self.generate(
+                input_ids,
+                seed=0,
+                max_new_tokens=min(self.self_test_tokens, self.max_new_tokens),
+                time_limit_s=SELF_TEST_TIME_LIMIT_S,
+            )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            log.warning("the enhancer's self-test failed (%s: %s)", type(error).__name__, error)
+            return failed(error)
+        self.self_test_generated = generated
+        raw = self.tokenizer.decode(generated.token_ids, skip_special_tokens=True)
+        answer = clean_answer(raw)
+        if not generated.finished:
+            # Cut off mid-answer, the last token may hold only part of a character's bytes.
+            answer = answer.rstrip("\ufffd")
+        log.info(
+            "enhancer self-test: %d new tokens in %.1f s (%s decoding): %r",
+            len(generated.token_ids),
+            generated.seconds,
+            "compiled" if generated.fast_path else "plain",
+            raw[:200],
+        )
         if not answer:
-            return "its answer to a test prompt was empty"
+            return Text("its answer to a test prompt was empty")
         if not is_text(answer):
-            return "its answer to a test prompt was not text"
+            return Text("its answer to a test prompt was not text")
         return None
 
     def generate(
@@ -301,14 +336,14 @@ class PromptEnhancer:
             self.static_cache.reset()
         return self.static_cache
 
-    def _problem(self, generated: Generated, time_limit_s: float) -> str | None:
+    def _problem(self, generated: Generated, time_limit_s: float) -> Text | None:
         if generated.timed_out:
-            return f"the enhancer took longer than {time_limit_s:g} s"
+            return Text("the enhancer took longer than {seconds} s", seconds=f"{time_limit_s:g}")
         if not generated.finished:
-            return f"the enhancer did not finish within {self.max_new_tokens} tokens"
+            return Text("the enhancer did not finish within {tokens} tokens", tokens=self.max_new_tokens)
         return None
 
-    def _kept(self, prompt: str, note: str, started: float) -> EnhancedPrompt:
+    def _kept(self, prompt: str, note: Text, started: float) -> EnhancedPrompt:
         return EnhancedPrompt(prompt, prompt, note, time.perf_counter() - started)
 
     # ----- accounting --------------------------------------------------------------------------
@@ -353,17 +388,24 @@ def quoted_text(prompt: str) -> list[str]:
     return [next(group for group in match.groups() if group) for match in _QUOTED.finditer(prompt)]
 
 
-def check_answer(text: str, max_chars: int = MAX_PROMPT_CHARS, *, original: str = "") -> str | None:
+def check_answer(text: str, max_chars: int = MAX_PROMPT_CHARS, *, original: str = "") -> Text | None:
     """Why a cleaned answer cannot be used as a prompt for `original`, or None when it can."""
     if not text:
-        return "the enhancer returned nothing"
+        return Text("the enhancer returned nothing")
     if len(text) > max_chars:
-        return f"the enhanced prompt was too long ({len(text)} characters, at most {max_chars})"
+        return Text(
+            "the enhanced prompt was too long ({length} characters, at most {most})", length=len(text), most=max_chars
+        )
     if not is_text(text):
-        return "the enhancer's answer was not readable text"
+        return Text("the enhancer's answer was not readable text")
     if _REFUSAL.search(text):
-        return "the enhancer declined to rewrite this prompt"
+        return Text("the enhancer declined to rewrite this prompt")
     for piece in quoted_text(original):
         if piece not in text:
-            return f'the enhanced prompt did not keep the text to draw ("{piece}")'
+            return Text('the enhanced prompt did not keep the text to draw ("{text}")', text=piece)
     return None
+
+
+def failed(error: BaseException) -> Text:
+    """The note of a rewrite that raised: the error's type only (its message is for the log)."""
+    return Text("the enhancer failed ({error})", error=type(error).__name__)

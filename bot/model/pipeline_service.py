@@ -83,17 +83,27 @@ COMPILE_OPTIONS: dict = {"fullgraph": True}
 
 
 # Checks a prompt the enhancer wrote against what the requester's guild allows (blocked words, the
-# minors rule): returns why it may not be used, or None. Called on the GPU thread.
-PromptCheck = Callable[[str], "str | None"]
+# minors rule): returns why it may not be used (a Text, shown in the requester's language), or None.
+# Called on the GPU thread.
+PromptCheck = Callable[[str], "Text | None"]
 
 # Several devices load side by side (bot/model/devices.py), but from_pretrained builds each model on
-# the meta device by patching torch.nn.Module for the whole process; two at once can leave the patch in
-# place, and every later load fails. One from_pretrained at a time; warm-up still runs in parallel.
-_FROM_PRETRAINED_LOCK = threading.Lock()
+# the meta device by patching torch.nn.Module for the whole process: any module built or weight set in
+# another thread meanwhile lands on the meta device too (the safety classifier, the enhancer's head,
+# LoRA layers). So every step that builds or moves modules holds this lock; warm-up runs in parallel.
+_LOAD_LOCK = threading.Lock()
 
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to change."""
+
+
+class _CompileSetupFailed(Exception):
+    """torch.compile refused the transformer's blocks before any warm-up call."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class ServiceState(str, enum.Enum):
@@ -138,7 +148,7 @@ class PipelineService:
         self._img2img: Any = None  # a ZImageImg2ImgPipeline over the same modules
         self.styles = StyleBank(settings.loras)
         self.enhancer: PromptEnhancer | None = None  # None with ENHANCER=off, or when the self-test failed
-        self.enhancer_problem: str | None = None  # why the self-test turned it off
+        self.enhancer_problem: Text | None = None  # why the self-test turned it off
         self._enhancer_options = dict(enhancer_options or {})
         self._state_lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
@@ -290,8 +300,7 @@ class PipelineService:
             download_model(settings.model_id, settings.model_revision)
 
         started = time.perf_counter()
-        self._pipe = self._load_pipeline()
-        self._img2img = image_to_image_pipeline(self._pipe)
+        self._load_pipeline()
         load_seconds = time.perf_counter() - started + safety_seconds
         log.info(
             "loaded in %.1f s (%s) on %s as %s",
@@ -318,9 +327,17 @@ class PipelineService:
             log.info("warm-up took %.1f s", warmup_seconds)
         return LoadReport(from_cache, load_seconds, warmup_seconds, self.enhancer_status)
 
-    def _load_pipeline(self) -> ZImagePipeline:
+    def _load_pipeline(self) -> None:
+        """Load the pipeline and its image-to-image twin (self._pipe, self._img2img)."""
         try:
-            return self._from_pretrained()
+            with _LOAD_LOCK:
+                self._pipe = self._from_pretrained()
+                self._img2img = image_to_image_pipeline(self._pipe)
+        except _CompileSetupFailed as failed:
+            # Some blocks may be wrapped already: a fresh, uncompiled copy is the one clean state.
+            self._give_up_compiling(failed.error)
+            self._free_memory()
+            self._load_pipeline()
         except ModelLoadError:
             raise
         except Exception as error:
@@ -349,7 +366,8 @@ class PipelineService:
         snapshot, from_cache = fetch_classifier(model_id)
         started = time.perf_counter()
         try:
-            self.safety_checker = SafetyChecker.load(model_id, snapshot, self.device, self.dtype)
+            with _LOAD_LOCK:
+                self.safety_checker = SafetyChecker.load(model_id, snapshot, self.device, self.dtype)
         except SafetyModelError as error:
             raise ModelLoadError(str(error)) from error
         seconds = time.perf_counter() - started
@@ -371,11 +389,12 @@ class PipelineService:
         # Offloaded weights live on the CPU between uses; compiled decoding cannot follow them.
         compile_decoding = self.compile and self.settings.offload == "none"
         try:
-            enhancer = PromptEnhancer(
-                pipe.text_encoder, pipe.tokenizer, compile=compile_decoding, **self._enhancer_options
-            )
+            with _LOAD_LOCK:  # it builds a model and sets its head's weight
+                enhancer = PromptEnhancer(
+                    pipe.text_encoder, pipe.tokenizer, compile=compile_decoding, **self._enhancer_options
+                )
         except (ValueError, AttributeError, TypeError) as error:
-            self.enhancer_problem = f"it cannot be built on this text encoder ({error})"
+            self.enhancer_problem = Text("it cannot be built on this text encoder ({error})", error=str(error))
             log.warning("prompt enhancer turned off: %s", self.enhancer_problem)
             return
         if self_test:
@@ -405,8 +424,7 @@ class PipelineService:
             # CPU and then .to("cuda") (bench/RESULTS.md).
             kwargs["device_map"] = str(self.device)
         try:
-            with _FROM_PRETRAINED_LOCK:
-                pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
+            pipe = ZImagePipeline.from_pretrained(settings.model_id, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"could not load {settings.model_id}@{settings.model_revision} from the cache: {error}. "
@@ -451,7 +469,10 @@ class PipelineService:
             raise ModelLoadError(str(error)) from error
         if self.compile:
             _use_persistent_compile_cache(settings.data_dir / "compile-cache")
-            pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
+            try:
+                pipe.transformer.compile_repeated_blocks(**COMPILE_OPTIONS)
+            except Exception as error:
+                raise _CompileSetupFailed(error) from error
         return pipe
 
     def _warm_up(self) -> None:
@@ -468,20 +489,22 @@ class PipelineService:
             if not self.compile:
                 log.debug("warm-up failed", exc_info=True)
                 raise ModelLoadError(f"the warm-up generation failed ({_one_line(error)})") from error
-            log.warning(
-                "compiling the transformer failed (%s); running it uncompiled (slower). Set COMPILE=0 to skip "
-                "compiling, or fix the compiler (LOG_LEVEL=DEBUG shows the details)",
-                _one_line(error),
-            )
-            log.debug("the compile failure", exc_info=True)
+            self._give_up_compiling(error)
             # A fresh, uncompiled copy: no compiled block and no half-built compiler state survives.
             self._pipe = self._img2img = None
-            torch.compiler.reset()
             self._free_memory()
-            self.compile = False
-            self._pipe = self._load_pipeline()
-            self._img2img = image_to_image_pipeline(self._pipe)
+            self._load_pipeline()
             self._warm_up()
+
+    def _give_up_compiling(self, error: Exception) -> None:
+        log.warning(
+            "compiling the transformer failed (%s); running it uncompiled (slower). Set COMPILE=0 to skip "
+            "compiling, or fix the compiler (LOG_LEVEL=DEBUG shows the details)",
+            _one_line(error),
+        )
+        log.debug("the compile failure", exc_info=True)
+        torch.compiler.reset()
+        self.compile = False
 
     def _warm_up_calls(self) -> None:
         """Real generations, so the first user's image is as fast as every later one.
@@ -532,9 +555,9 @@ class PipelineService:
 
     def _enhance(self, prompt: str, seed: int, prompt_check: PromptCheck | None = None) -> EnhancedPrompt:
         if self.enhancer is None:
-            note = "the prompt enhancer is turned off on this bot"
+            note = Text("the prompt enhancer is turned off on this bot")
             if self.enhancer_problem:
-                note = f"the prompt enhancer was turned off at start-up ({self.enhancer_problem})"
+                note = Text("the prompt enhancer was turned off at start-up ({reason})", reason=self.enhancer_problem)
             return EnhancedPrompt(prompt, prompt, note)
         try:
             result = self.enhancer.enhance(prompt, seed)
@@ -542,7 +565,7 @@ class PipelineService:
             # The picture may still fit once the rewrite's cache is freed: draw the original prompt.
             log.warning("the prompt enhancer ran out of GPU memory; drawing the original prompt")
             self._free_memory()
-            return EnhancedPrompt(prompt, prompt, "the enhancer ran out of GPU memory")
+            return EnhancedPrompt(prompt, prompt, Text("the enhancer ran out of GPU memory"))
         if result.enhanced and prompt_check is not None:
             reason = prompt_check(result.text)
             if reason:

@@ -12,13 +12,15 @@ import logging
 import os
 import threading
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from bot.generation import CancelToken, GenerationRequest, StepProgress
-from bot.model.pipeline_service import PipelineService
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.model.pipeline_service import PipelineService
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,10 @@ class GenerationActor:
     def __init__(self, settings: Settings, device: str) -> None:
         # Loaded and warmed up here: Ray runs no method before the constructor returns, so the bot's
         # first `describe()` answers once the worker is ready (or raises why it could not load).
-        self.service = PipelineService(settings.for_device(device))
+        # Imported here, in the actor: the bot process that starts actors never imports torch.
+        from bot.model.pipeline_service import PipelineService
+
+        self.service: PipelineService = PipelineService(settings.for_device(device))
         self.load_report = asdict(self.service.load(warm_up=True))
         self._progress: dict[int, StepProgress] = {}
         self._cancels: dict[int, CancelToken] = {}
