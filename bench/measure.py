@@ -253,6 +253,7 @@ def measure_service(config: PhaseConfig, work_dir: Path) -> dict:
         compiled_code=report.compiled_code,
         # "made" (this start made the bf16 copy), "used" (loaded the transformer from it), "off".
         transformer_copy=report.transformer_copy,
+        enhancer=service.enhancer_status,
         offload=settings.offload,
         attention_backend=settings.attention_backend,
     )
@@ -362,11 +363,21 @@ def _time_latent_only(service, config: PhaseConfig) -> float | None:
     return median(times)
 
 
+# The with/without comparison's one prompt: a prompt's length sets the transformer's sequence length, so
+# jobs of different prompts are different work and their medians would not compare the check alone.
+SAFETY_PROMPT = PROMPTS[1]
+
+
 def _compare_safety(service, config: PhaseConfig) -> dict:
-    """What the image safety check costs: the same steady job with the check and without, alternating in
-    this one process (ABBA order, so a drift of the clock or temperature falls on both), then the check
-    alone and its GPU memory. Without the check means the service's classifier detached between jobs;
-    the bot without SAFETY_MODEL never loads it."""
+    """What the image safety check costs: the same steady job (one prompt and size, a new seed each) with
+    the check and without, alternating in this one process (ABBA order, so a drift of the clock or
+    temperature falls on both); the check's own time inside those jobs (GenerationResult.safety_seconds);
+    then the check alone, as jobs run it (the decoded tensor, preprocessed on the device) and with the
+    image processor on the PIL picture, and its GPU memory. Without the check means the service's
+    classifier detached between jobs; the bot without SAFETY_MODEL never loads it."""
+    import numpy as np
+    import torch
+
     from bot.generation import GenerationRequest
     from bot.image_size import ImageSize
     from bot.model.cache_report import CLASSIFIER, inspect_cache
@@ -383,7 +394,7 @@ def _compare_safety(service, config: PhaseConfig) -> dict:
             checked = index % 4 in (0, 3)
             service.safety_checker = checker if checked else None
             begun = time.perf_counter()
-            result = service.generate(GenerationRequest(prompt(index), size, config.steps, seed=2000 + index))
+            result = service.generate(GenerationRequest(SAFETY_PROMPT, size, config.steps, seed=2000 + index))
             timed[checked].append(time.perf_counter() - begun)
             if checked:
                 in_job.append(result.safety_seconds)
@@ -391,30 +402,51 @@ def _compare_safety(service, config: PhaseConfig) -> dict:
         service.safety_checker = checker
     assert result is not None
     image = result.images[0]
+    # The picture as the pipeline decodes it: (C, H, W) in [0, 1], on the device, in the pipeline's dtype.
+    decoded = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(checker.device).to(checker.dtype) / 255
 
-    def check_alone(count: int) -> float:
-        # On the service's worker thread, as in a job; scores() returns numbers, so the GPU work is done.
-        begun = time.perf_counter()
-        service._worker.submit(checker.scores, [image] * count).result()
-        return time.perf_counter() - begun
+    def on_worker(function) -> float:
+        # On the service's worker thread, as in a job.
+        def timed_call(_pipe) -> float:
+            _synchronize()
+            begun = time.perf_counter()
+            function()
+            _synchronize()
+            return time.perf_counter() - begun
+
+        return service.call_on_worker(timed_call)
+
+    def check_alone(count: int, *, on_device: bool = True) -> float:
+        return on_worker(lambda: checker.scores([image] * count, [decoded] * count if on_device else None))
 
     alone_one = [check_alone(1) for _ in range(10)]
     alone_four = [check_alone(4) for _ in range(5)]
-    report = inspect_cache(checker.model_id, kind=CLASSIFIER)
-    figures = {
+    alone_pil_one = [check_alone(1, on_device=False) for _ in range(10)]
+    alone_pil_four = [check_alone(4, on_device=False) for _ in range(5)]
+    figures: dict = {
         "model": checker.model_id,
+        "prompt_words": len(SAFETY_PROMPT.split()),
         "on_s": median(timed[True]),
         "off_s": median(timed[False]),
         "on_all_s": timed[True],
         "off_all_s": timed[False],
         "check_in_job_s": median(in_job),
+        "check_in_job_all_s": in_job,
+        "check_on_device": checker.device_preprocessing is not None,
         "check_alone_1_s": median(alone_one),
         "check_alone_4_s": median(alone_four),
-        "weights_gib": checker.parameter_bytes / GIB,
-        "file_gib": report.size_bytes / GIB,
+        "check_alone_pil_1_s": median(alone_pil_one),
+        "check_alone_pil_4_s": median(alone_pil_four),
+        "preprocess_pil_s": median(
+            [on_worker(lambda: checker.processor(images=[image], return_tensors="pt")) for _ in range(10)]
+        ),
     }
+    if checker.device_preprocessing is not None:
+        preprocess = checker.device_preprocessing
+        figures["preprocess_device_s"] = median([on_worker(lambda: preprocess(decoded)) for _ in range(10)])
+    report = inspect_cache(checker.model_id, kind=CLASSIFIER)
+    figures.update(weights_gib=checker.parameter_bytes / GIB, file_gib=report.size_bytes / GIB)
     figures["cost"] = figures["on_s"] / figures["off_s"] - 1.0
-    import torch
 
     if torch.cuda.is_available():
         # A job's peak with the check and without: the check runs after the VAE decode has let go of its memory.
@@ -423,7 +455,7 @@ def _compare_safety(service, config: PhaseConfig) -> dict:
             service.safety_checker = checker if checked else None
             _synchronize()
             torch.cuda.reset_peak_memory_stats()
-            service.generate(GenerationRequest(prompt(0), size, config.steps, seed=1))
+            service.generate(GenerationRequest(SAFETY_PROMPT, size, config.steps, seed=1))
             peaks[checked] = torch.cuda.max_memory_allocated() / GIB
         service.safety_checker = checker
         _synchronize()

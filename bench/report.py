@@ -308,9 +308,16 @@ def safety_table(results: dict) -> list[str]:
         f"| steady {square}, median of {rounds} each, alternating (s) | {seconds(figures['on_s'])} "
         f"| {seconds(figures['off_s'])} | {figures['cost']:+.1%} |",
         f"| the check inside those jobs (ms) | {ms(figures.get('check_in_job_s'))} | | |",
-        f"| the check alone, 1 image / 4 images (ms) | {ms(figures.get('check_alone_1_s'))} / "
+        f"| the check alone, as jobs run it, 1 image / 4 images (ms) | {ms(figures.get('check_alone_1_s'))} / "
         f"{ms(figures.get('check_alone_4_s'))} | | |",
     ]
+    if figures.get("check_alone_pil_1_s") is not None:
+        lines += [
+            f"| the check alone with the processor on the PIL picture, 1 image / 4 images (ms) "
+            f"| {ms(figures.get('check_alone_pil_1_s'))} / {ms(figures.get('check_alone_pil_4_s'))} | | |",
+            f"| preprocessing one picture: on the device / the processor on PIL (ms) "
+            f"| {ms(figures.get('preprocess_device_s'))} / {ms(figures.get('preprocess_pil_s'))} | | |",
+        ]
     if figures.get("job_peak_on_gib") is not None:
         lines.append(
             f"| peak GPU memory of a job (GiB) | {figures['job_peak_on_gib']:.2f} | {figures['job_peak_off_gib']:.2f} "

@@ -4,21 +4,35 @@ pipeline service, the command line in its own process, and /status and /cache-ch
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
+from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
+from bench.hub_layout import save_vit_classifier
 from bot.generation import GenerationRequest, GenerationResult
+from bot.image_input import load_source, save_input
 from bot.image_size import ImageSize
 from bot.model.cache_report import CLASSIFIER, inspect_cache
 from bot.model.download import DownloadError
+from bot.model.img2img import image_to_image_pipeline
 from bot.model.pipeline_service import ModelLoadError, PipelineService
-from bot.model.safety import SafetyChecker, SafetyModelError, fetch_classifier
+from bot.model.safety import (
+    DevicePreprocessing,
+    SafetyChecker,
+    SafetyModelError,
+    fetch_classifier,
+    matching_preprocessing,
+)
 from bot.settings import ConfigError, Settings
 from conftest import ADMIN_ID, HUB_CACHE, TINY_REPO_ID, tiny_env
 from test_generation_cog import reply_text
@@ -185,10 +199,12 @@ def test_the_resident_service_checks_every_job_in_one_batch_on_its_worker_thread
     assert safety is not None and safety.model_id == TINY_SAFETY_NEVER
     assert {parameter.device for parameter in safety.model.parameters()} == {loaded_service.device}
     calls = []
+    pixel_values: list[torch.Tensor] = []
 
     def record(_module, _args, kwargs, _output):
         batch = kwargs["pixel_values"].shape[0]
         calls.append((threading.current_thread().name, batch, torch.is_inference_mode_enabled()))
+        pixel_values.append(kwargs["pixel_values"].clone())
 
     hook = safety.model.register_forward_hook(record, with_kwargs=True)
     try:
@@ -202,6 +218,10 @@ def test_the_resident_service_checks_every_job_in_one_batch_on_its_worker_thread
     assert len(result.nsfw_scores) == 3 and all(score is not None and score < 1e-9 for score in result.nsfw_scores)
     assert result.flagged == [False, False, False]
     assert 0 < result.safety_seconds < result.seconds
+    # The check read the decoded tensors, preprocessed with torch: exactly what that gives for the pictures saved.
+    assert safety.device_preprocessing is not None
+    expected = torch.cat([safety.device_preprocessing(as_tensor(image)) for image in result.images])
+    assert torch.equal(pixel_values[0], expected)
 
 
 def service_with(tmp_path: Path, hub: Path = HUB_CACHE, **env: str) -> PipelineService:
@@ -256,6 +276,164 @@ def test_a_failed_check_flags_the_images_and_the_job_goes_on(hub_cache, tmp_path
     with pytest.raises(ModelLoadError, match="gives no usable score"):
         service.load(warm_up=True)
     service.close()
+
+
+# ----- the check on the decoded tensor, on the device -----------------------------------------------
+
+WIDE = ImageSize(96, 64)
+
+
+def as_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL picture as the pipeline's tensors are: (C, H, W), values in [0, 1]."""
+    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255
+
+
+def pipeline_output(service: PipelineService, request: GenerationRequest, seed: int, output_type: str):
+    """What the resident pipeline itself returns for one image of `request`, called as the service calls it."""
+
+    def run(pipe):
+        arguments: dict = dict(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            height=request.size.height,
+            width=request.size.width,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            output_type=output_type,
+        )
+        if request.source_image is None:
+            return pipe(**arguments).images[0]
+        arguments.update(image=load_source(request.source_image, request.size), strength=request.strength)
+        return image_to_image_pipeline(pipe)(**arguments).images[0]
+
+    return service.call_on_worker(run)
+
+
+def to_pil(decoded: torch.Tensor) -> Image.Image:
+    return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(decoded[None]))[0]
+
+
+def test_the_pictures_are_the_pipelines_own_pil_output_pixel_for_pixel(loaded_service, tmp_path):
+    x = np.linspace(0, 255, 64, dtype=np.uint8)[None, :].repeat(64, 0)
+    source = save_input(Image.fromarray(np.stack([x, x.T, 255 - x], axis=-1)), tmp_path)
+    text = GenerationRequest("a red fox in the snow", WIDE, 2, seed=11, count=2)
+    picture = GenerationRequest(
+        "a lighthouse", WIDE, 4, seed=5, source_image=str(source.path), source_sha256=source.sha256, strength=0.6
+    )
+    for request in (text, picture):
+        result = loaded_service.generate(request)
+        for image, seed in zip(result.images, request.seeds(), strict=True):
+            expected = pipeline_output(loaded_service, request, seed, "pil")
+            assert (image.mode, image.size) == (expected.mode, expected.size) == ("RGB", (96, 64))
+            assert np.array_equal(np.asarray(image), np.asarray(expected))
+            assert np.asarray(image).std() > 5  # a picture, not a flat colour
+
+
+MEAN_STD_05 = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+PROCESSORS = {
+    # Falconsai/nsfw_image_detection's form.
+    "height and width": (ViTImageProcessorPil(size={"height": 32, "width": 32}, **MEAN_STD_05), (32, 32)),
+    # CLIP's form: the short side resized, then a centre crop; bicubic, per-channel means.
+    "shortest edge, crop, bicubic": (
+        ViTImageProcessorPil(
+            size={"shortest_edge": 40},
+            do_center_crop=True,
+            crop_size={"height": 32, "width": 32},
+            resample=3,
+            image_mean=[0.48, 0.46, 0.41],
+            image_std=[0.27, 0.26, 0.28],
+        ),
+        (32, 32),
+    ),
+    "shortest edge alone": (ViTImageProcessorPil(size={"shortest_edge": 40}, **MEAN_STD_05), (40, 60)),
+}
+
+
+@pytest.mark.parametrize(("processor", "shape"), PROCESSORS.values(), ids=PROCESSORS.keys())
+def test_on_the_device_the_pixel_values_are_the_processors_on_generated_pictures(loaded_service, processor, shape):
+    preprocessing = matching_preprocessing(processor, "tiny-org/any")
+    assert preprocessing is not None and preprocessing.scale is not None and preprocessing.std is not None
+    level = preprocessing.scale / min(preprocessing.std)  # one 8-bit grey level in pixel values
+    request = GenerationRequest("a red fox in the snow", WIDE, 2, seed=0)
+    for seed in range(3):
+        decoded = pipeline_output(loaded_service, request, seed, "pt")
+        assert decoded.shape == (3, 64, 96) and decoded.min() >= 0.0 and decoded.max() <= 1.0
+        expected = processor(images=[to_pil(decoded)], return_tensors="pt")["pixel_values"]
+        got = preprocessing(decoded)
+        assert got.dtype == torch.float32 and got.shape == expected.shape == (1, 3, *shape)
+        levels = (got - expected).abs() / level
+        # PIL's fixed-point filter weights move a rare value by one level; nothing more.
+        assert levels.max() < 1.001 and (levels > 0.5).float().mean() < 0.02
+
+
+@pytest.fixture(scope="module")
+def image_sensitive_checker(tmp_path_factory) -> SafetyChecker:
+    """A tiny ViT whose head keeps random weights, scaled up: every picture gets its own score."""
+    folder = tmp_path_factory.mktemp("sensitive-classifier")
+    tiny = dict(image_size=32, patch_size=8, hidden_size=16, layers=1, heads=2, intermediate_size=32)
+    save_vit_classifier(folder, ("normal", "nsfw"), **tiny)
+    sensitive = SafetyChecker.load("tiny-org/sensitive", folder, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        sensitive.model.classifier.weight.mul_(100)
+    return sensitive
+
+
+def test_on_the_device_the_scores_are_the_processors_on_generated_pictures(loaded_service, image_sensitive_checker):
+    request = GenerationRequest("a red fox in the snow", WIDE, 2, seed=0)
+    decoded = [pipeline_output(loaded_service, request, seed, "pt") for seed in range(6)]
+    pictures = [to_pil(tensor) for tensor in decoded]
+    on_device = image_sensitive_checker.scores(pictures, decoded)
+    with_processor = image_sensitive_checker.scores(pictures)
+    assert None not in on_device and None not in with_processor
+
+    def logit(score):
+        return math.log(score) - math.log1p(-score)
+
+    logits = [logit(score) for score in with_processor]
+    assert max(logits) - min(logits) > 0.2  # the pictures get different scores: the comparison means something
+    assert max(abs(logit(a) - logit(b)) for a, b in zip(on_device, with_processor, strict=True)) < 0.02
+
+
+def test_on_the_device_a_failure_on_one_image_flags_that_image_only(hub_cache, caplog):
+    half = checker(TINY_SAFETY_HALF)
+    assert half.device_preprocessing is not None
+    pictures = [Image.new("RGB", (96, 64))] * 3
+    # The second tensor has four channels: normalising it with three means fails, on the device only
+    # (its PIL picture is fine, so a flagged image here shows the tensors were what was checked).
+    decoded = [torch.rand(3, 64, 96), torch.rand(4, 64, 96), torch.rand(1, 3, 64, 96)]
+    with caplog.at_level(logging.ERROR, logger="bot.model.safety"):
+        assert half.scores(pictures, decoded) == [0.5, None, 0.5]
+    assert "the safety check failed on image 2; it is flagged (fail closed)" in caplog.text
+    assert half.scores(pictures[:1], decoded[1:2]) == [None]
+    with pytest.raises(ValueError, match="3 image"):
+        half.scores(pictures, decoded[:2])
+    broken = checker(TINY_SAFETY_NAN)
+    with caplog.at_level(logging.ERROR, logger="bot.model.safety"):
+        assert broken.scores(pictures[:2], decoded[::2]) == [None, None]
+
+
+def test_a_processor_the_device_does_not_reproduce_keeps_the_processor(hub_cache, caplog):
+    model = checker(TINY_SAFETY_HALF).model
+    lanczos = ViTImageProcessorPil(size={"height": 32, "width": 32}, resample=1)
+    with caplog.at_level(logging.WARNING, logger="bot.model.safety"):
+        kept = SafetyChecker("tiny-org/lanczos", model, lanczos, 1, torch.device("cpu"), torch.float32)
+    assert kept.device_preprocessing is None
+    assert "not reproduced on the device (its resampling filter 1 is neither bilinear nor bicubic)" in caplog.text
+    # The tensor could not be checked on the device (four channels): the PIL picture is what is checked.
+    assert kept.scores([Image.new("RGB", (96, 64))], [torch.rand(4, 64, 96)]) == [0.5]
+    # Steps that read as known but mean something else (ConvNeXt resizes by its crop_pct, then crops) are
+    # caught by the comparison on the test picture.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bot.model.safety"):
+        assert matching_preprocessing(ConvNextImageProcessorPil(size={"shortest_edge": 32}), "tiny-org/cnx") is None
+    assert "it gives (1, 3, 32, 32) where torch gives (1, 3, 37, 32)" in caplog.text
+    for size, reason in (
+        ({"shortest_edge": 32, "longest_edge": 64}, "neither height and width nor shortest_edge alone"),
+        ({"max_height": 32, "max_width": 32}, "neither height and width nor shortest_edge alone"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            DevicePreprocessing.of(ViTImageProcessorPil(size=size))
 
 
 # ----- start-up errors, banner, cache-check and download, in their own process ------------------------

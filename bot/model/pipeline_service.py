@@ -55,7 +55,7 @@ import torch
 # Imported here rather than on first use (diffusers imports the pipeline, and with it transformers,
 # lazily), so that the seconds this takes are paid with the other imports, not inside the model load.
 from diffusers import ZImagePipeline
-from PIL import Image
+from diffusers.image_processor import VaeImageProcessor
 
 log = logging.getLogger(__name__)
 
@@ -710,15 +710,19 @@ class PipelineService:
             drawn = replace(request, prompt=enhanced.text)
             if cancel.cancelled:
                 raise GenerationCancelled("cancelled while running")
-        images = [
+        decoded = [
             self._generate_one(pipe, drawn, seed, index, progress, cancel) for index, seed in enumerate(request.seeds())
         ]
+        # The same conversion as the pipeline's own PIL output (same pixels); it waits for the VAE's work,
+        # so the check's time below is its own.
+        images = [VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(tensor[None]))[0] for tensor in decoded]
         nsfw_scores: list[float | None] = [None] * len(images)
         threshold = None
         safety_started = time.perf_counter()
         if self.safety_checker is not None:
-            # Never raises: an image whose check failed keeps None, and the result flags it.
-            nsfw_scores = self.safety_checker.scores(images)
+            # Never raises: an image whose check failed keeps None, and the result flags it. The decoded
+            # tensors are still on the device: the check preprocesses them there, not on the CPU.
+            nsfw_scores = self.safety_checker.scores(images, decoded)
             threshold = self.settings.safety_threshold
         safety_seconds = time.perf_counter() - safety_started
         seconds = time.perf_counter() - started
@@ -744,7 +748,9 @@ class PipelineService:
         index: int,
         progress: ProgressCallback | None,
         cancel: CancelToken,
-    ) -> Image.Image:
+    ) -> torch.Tensor:
+        """One image as the VAE decoded it: (C, H, W), values in [0, 1], on the pipeline's device."""
+
         def on_step_end(_pipe: Any, step: int, _timestep: Any, callback_kwargs: dict) -> dict:
             if progress is not None:
                 progress(StepProgress(step + 1, request.steps_to_run, index))
@@ -763,7 +769,7 @@ class PipelineService:
             num_inference_steps=request.steps,  # Turbo settings on every call: the defaults are 50 / 5.0
             guidance_scale=request.guidance,
             generator=generator,
-            output_type="pil",
+            output_type="pt",  # the safety check reads the tensor on the device; _run makes the PIL image
             callback_on_step_end=on_step_end,
         )
         self.styles.apply(pipe, request.style, request.style_weight)
