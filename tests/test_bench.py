@@ -259,14 +259,19 @@ async def test_png_saving_overlaps_the_next_generation(loaded_service, tmp_path,
     assert figures["seconds"] < 3 * 0.4 + 0.6
 
 
-def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_path):
-    """The orchestrator, a service phase in its own process, the JSON and the table, on the CPU."""
+def tiny_work_dir(tiny_random_model, tmp_path: Path) -> Path:
+    """A benchmark --work-dir holding the tiny model the suite built, as if the build step had made it."""
     hub, _ = tiny_random_model
     work = tmp_path / "work"
     (work / "hf").mkdir(parents=True)
-    # The model built above stands in for the build step (which runs the same builder in a process).
     (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
     (work / "built-model.json").write_text(TINY.to_json())
+    return work
+
+
+def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_path):
+    """The orchestrator, a service phase in its own process, the JSON and the table, on the CPU."""
+    work = tiny_work_dir(tiny_random_model, tmp_path)
     results = tmp_path / "results"
     run = subprocess.run(
         [
@@ -306,11 +311,7 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tiny_random_model, tmp_
 
 def bench_command(tiny_random_model, tmp_path: Path, phases: str) -> tuple[list[str], Path]:
     """`python -m bench.run_benchmark --tiny` on the tiny model the suite built, for `phases`."""
-    hub, _ = tiny_random_model
-    work = tmp_path / "work"
-    (work / "hf").mkdir(parents=True)
-    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
-    (work / "built-model.json").write_text(TINY.to_json())
+    work = tiny_work_dir(tiny_random_model, tmp_path)
     results = tmp_path / "results"
     command = [sys.executable, "-m", "bench.run_benchmark", "--tiny", "--work-dir", str(work)]
     command += ["--results", str(results), "--phases", phases, "--repeats", "1", "--steps", "2"]
@@ -406,11 +407,7 @@ def test_the_fp8_comparison_runs_on_the_tiny_model_and_scores_pictures_against_b
 
     from bench import fp8_compare
 
-    hub, _ = tiny_random_model
-    work = tmp_path / "work"
-    (work / "hf").mkdir(parents=True)
-    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
-    (work / "built-model.json").write_text(TINY.to_json())
+    work = tiny_work_dir(tiny_random_model, tmp_path)
     results_file = tmp_path / "fp8.json"
     command = [sys.executable, "-m", "bench.fp8_compare", "--tiny", "--schemes", "bf16,ours", "--repeats", "1"]
     command += ["--work-dir", str(work), "--results", str(results_file)]
@@ -439,11 +436,7 @@ def test_the_fp8_comparison_runs_on_the_tiny_model_and_scores_pictures_against_b
 
 def test_the_bf16_copy_phases_run_on_the_tiny_model(tiny_random_model, tmp_path):
     """ours_bf16_copy makes the copy, ours_bf16_copy_restart loads from it; the table says which did what."""
-    hub, _ = tiny_random_model
-    work = tmp_path / "work"
-    (work / "hf").mkdir(parents=True)
-    (work / "hf" / "hub").symlink_to(hub, target_is_directory=True)
-    (work / "built-model.json").write_text(TINY.to_json())
+    work = tiny_work_dir(tiny_random_model, tmp_path)
     results = tmp_path / "results"
     phases = "ours_bf16_copy,ours_bf16_copy_restart"
     run = subprocess.run(
