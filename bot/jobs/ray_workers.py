@@ -5,7 +5,9 @@ keeps the pool in step with the cluster: it starts an actor for each GPU the clu
 that joins with GPUs gets workers), adopts named worker actors started by anyone else, and takes out
 workers whose actor is gone. A job whose actor dies mid-way goes back in line and runs on another
 worker; with none left, jobs wait (bounded by MAX_QUEUE) and /status says why. If the Ray head cannot
-be reached, Discord stays up and /status says so; the watcher keeps trying.
+be reached for a moment, /status says so and the watcher keeps trying; Ray itself ends this process once
+the head has been gone for its GCS reconnect timeout (a driver cannot outlive its cluster), and the jobs
+wait in the store for the next start.
 """
 
 from __future__ import annotations
