@@ -29,8 +29,11 @@ SLOW = {"size": "512x512", "steps": 50}
 def ray_instance():
     # The actors' processes inherit this environment: the project importable, the test's offline cache.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    context = ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    # The bot's Ray driver is a child process: it joins this instance rather than starting its own.
+    os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
     yield
+    del os.environ["RAY_ADDRESS"]
     ray.shutdown()
 
 
@@ -53,7 +56,7 @@ async def ray_bot(ray_instance, discord_api, hub_cache, tmp_path):
     )
     settings = Settings.from_env(env)
     pool = WorkerPool()
-    cluster = RayWorkers(settings, pool, watch_seconds=0.5)
+    cluster = RayWorkers(settings, pool, watch_seconds=0.5, retry_seconds=2.0)
     cluster.connect()
     await asyncio.to_thread(cluster.start, wait_for=2, timeout=180)
     point_at_discord(settings)
@@ -92,7 +95,7 @@ async def test_ray_workers_dispatch_survive_a_killed_actor_and_take_in_new_ones(
 
     # Kill the actor making Alice's job: it runs again on the other worker, and is delivered once.
     doomed = next(worker for worker in pool.workers if worker.job_id == 1)
-    ray.kill(doomed.backend.actor)
+    ray.kill(ray.get_actor(doomed.backend.actor_name, namespace=NAMESPACE))
     for job in (first, second):
         message = await delivered(discord_api, job, 240)
         assert len(message.attachments) == 1
