@@ -133,3 +133,36 @@ def test_the_bot_process_of_a_ray_cluster_never_imports_torch():
     )
     shown = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]", shown.stderr
+
+
+async def test_the_bot_outlives_its_ray_driver_and_resumes_with_a_new_one(ray_bot, discord_api):
+    import signal
+
+    running, cluster, _settings = ray_bot
+    pool, queue = running.runner.workers, running.runner.queue
+    alice = discord_api.make_user("alice")
+    job = await accepted(discord_api, "through a lost driver", alice, **SLOW)
+    await discord_api.wait_for(lambda: any(job.progress and job.progress.step > 0 for job in queue.running_jobs), 60)
+
+    # The driver child killed as Ray kills a driver whose head is gone: the bot keeps serving and says why.
+    first_driver = cluster.driver_pid
+    assert first_driver is not None
+    os.kill(first_driver, signal.SIGKILL)
+    await discord_api.wait_for(lambda: pool.problem is not None, 15)
+    status = await reply_text(discord_api, await discord_api.invoke("status", {}, user=alice))
+    fields = {field["name"]: field["value"] for field in status.embeds[0]["fields"]}
+    assert "the Ray cluster is out of reach" in fields["State"] and "jobs wait" in fields["State"]
+    assert not pool.in_rotation()
+
+    # A new driver connects, its workers join, and the job runs again: delivered once.
+    message = await delivered(discord_api, job, 240)
+    assert len(message.attachments) == 1
+    assert cluster.driver_pid not in (None, first_driver)
+    await discord_api.wait_for(lambda: running.bot.store.get(1).state.value == "delivered")
+    assert {job: len(messages) for job, messages in deliveries(discord_api).items()} == {1: 1}
+    await discord_api.wait_for(lambda: len(pool.in_rotation()) == 2, 120)
+    status = await reply_text(discord_api, await discord_api.invoke("status", {}, user=alice))
+    fields = {field["name"]: field["value"] for field in status.embeds[0]["fields"]}
+    assert fields["State"] == "ready" and fields["Device"] == "Ray: 2 worker(s) in rotation"
+    assert fields["Workers"].count("idle") == 2 and fields["Workers"].count("out of rotation") == 2
+    assert pool.problem is None
