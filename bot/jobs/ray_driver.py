@@ -228,7 +228,7 @@ class Driver:
                 self.send("load_failed", name, str(error))
                 continue
             self._adopted[name] = ray.get_actor(name, namespace=NAMESPACE)
-            log.info("Ray worker %s joins (%s/%s)", name, description["node"], description["device"])
+            log.debug("Ray worker %s is ready (%s/%s)", name, description["node"], description["device"])
             self.send("joined", name, description)
         for name in list(self._adopted):
             if name not in names:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 5.0  # how often the child looks at the cluster for workers that joined or left
 RETRY_SECONDS = 5.0  # how long after losing the driver a new one is started (and between tries)
+CONNECT_SECONDS = 300.0  # a driver child that has not connected by then is ended (and, later on, another tried)
 CANCEL_SECONDS = 0.1  # how often the jobs in flight are looked at for a cancel
 OUT_OF_REACH = "the Ray cluster is out of reach ({why}); retrying"
 
@@ -118,11 +119,13 @@ class RayWorkers:
         *,
         watch_seconds: float = WATCH_SECONDS,
         retry_seconds: float = RETRY_SECONDS,
+        connect_seconds: float = CONNECT_SECONDS,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.watch_seconds = watch_seconds
         self.retry_seconds = retry_seconds
+        self.connect_seconds = connect_seconds
         self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no Ray state inherited
         self._process: Any = None
         self._connection: Any = None
@@ -219,14 +222,18 @@ class RayWorkers:
         )
         process.start()
         sending.close()  # only the child holds that end now: its death reads as EOF here
+        deadline = time.monotonic() + self.connect_seconds
         try:
             while not receiving.poll(0.5):
-                if not process.is_alive() or self._stop.is_set():
+                if not process.is_alive() or self._stop.is_set() or time.monotonic() > deadline:
                     raise EOFError
             message = receiving.recv()
         except (EOFError, OSError):
-            if process.is_alive():  # asked to stop while it was still connecting
+            if process.is_alive():  # asked to stop, or still not connected: ray.init may wait a long time
                 process.kill()
+                process.join(timeout=5)
+                receiving.close()
+                raise GenerationError(f"Ray did not answer within {self.connect_seconds:.0f} s") from None
             process.join(timeout=5)
             receiving.close()
             raise GenerationError(f"the Ray driver process ended (exit code {process.exitcode})") from None
@@ -236,7 +243,9 @@ class RayWorkers:
             raise GenerationError(f"could not connect to Ray: {message[1]}")
         self._process, self._connection = process, receiving
         self._outbox = queue.Queue()
-        threading.Thread(target=self._send_all, args=(receiving, self._outbox), name="ray-driver-send", daemon=True).start()
+        threading.Thread(
+            target=self._send_all, args=(receiving, self._outbox), name="ray-driver-send", daemon=True
+        ).start()
         return str(message[1])
 
     def _send_all(self, connection: Any, outbox: queue.Queue[tuple | None]) -> None:
@@ -335,9 +344,9 @@ class RayWorkers:
             if gone is not None:
                 gone.ready = False  # its worker is taken out when the runner next looks (or uses it)
         elif kind == "memory":
-            backend = self._backends.get(message[1])
-            if backend is not None:
-                backend.refresh(message[2])
+            reported = self._backends.get(message[1])
+            if reported is not None:
+                reported.refresh(message[2])
         elif kind == "problem":
             self.pool.problem = message[1]
         elif kind == "nothing":
