@@ -7,7 +7,7 @@ worker actors (bot/model/ray_worker.py), watches the cluster and runs jobs on th
 the bot over one pipe.
 
 Messages to the bot (tuples, the first item names them):
-    ("connected", address)                 ray.init succeeded
+    ("connected", address, gpus)           ray.init succeeded; the cluster has that many GPUs
     ("fatal", text)                        could not connect; the process ends
     ("nothing", text)                      the cluster has no GPU and no worker actor
     ("joined", name, description)          a worker actor is ready (description: node, device, memory, load)
@@ -16,6 +16,7 @@ Messages to the bot (tuples, the first item names them):
     ("left", name)                         a worker actor is gone
     ("memory", name, memory)               a worker's GPU memory (a dict of RemoteMemory's fields, or None)
     ("problem", text or None)              the cluster could not be looked at (None: it can again)
+    ("watched",)                           one look at the cluster went well (calls to a lost head hang)
     ("progress", key, StepProgress)
     ("result", key, [png bytes], details)
     ("error", key, GenerationError)        the job failed (cancelled, out of memory, bad input, ...)
@@ -60,7 +61,7 @@ def run_driver(connection: Connection, settings: Settings, watch_seconds: float)
         connection.close()
         return
     driver = Driver(connection, settings)
-    driver.send("connected", address or "a local instance")
+    driver.send("connected", address or "a local instance", int(ray.cluster_resources().get("GPU", 0)))
     try:
         driver.serve(watch_seconds)
     finally:
@@ -203,6 +204,7 @@ class Driver:
             log.info("the Ray cluster is reachable again")
             self.send("problem", None)
         self._problem = None
+        self.send("watched")
 
     def watch_once(self) -> None:
         """Start actors for new GPUs, adopt ready actors, drop the gone ones."""

@@ -44,6 +44,8 @@ RETRY_SECONDS = 5.0  # how long after losing the driver a new one is started (an
 CONNECT_SECONDS = 300.0  # a driver child that has not connected by then is ended (and, later on, another tried)
 CANCEL_SECONDS = 0.1  # how often the jobs in flight are looked at for a cancel
 OUT_OF_REACH = "the Ray cluster is out of reach ({why}); retrying"
+# A driver whose looks at the cluster stop coming back is waiting on a lost head (Ray ends it later).
+SILENT_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class RayWorkers:
         self._loading: set[str] = set()
         self._failed: set[str] = set()
         self._fatal: str | None = None  # why start() cannot go on
+        self._last_watch = time.monotonic()  # when the driver last looked at the cluster
+        self.cluster_gpus = 0  # the GPUs of the cluster when the driver connected
         self._supervise = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -242,6 +246,8 @@ class RayWorkers:
             receiving.close()
             raise GenerationError(f"could not connect to Ray: {message[1]}")
         self._process, self._connection = process, receiving
+        self.cluster_gpus = int(message[2])
+        self._last_watch = time.monotonic()
         self._outbox = queue.Queue()
         threading.Thread(
             target=self._send_all, args=(receiving, self._outbox), name="ray-driver-send", daemon=True
@@ -287,6 +293,7 @@ class RayWorkers:
             except Exception:  # one bad message must not end the link
                 log.exception("could not handle a message of the Ray driver")
             self._send_cancels()
+            self._notice_silence()
 
     def _lost(self) -> None:
         """The child ended: its jobs go back in line, its workers out of rotation."""
@@ -308,8 +315,17 @@ class RayWorkers:
         if self._stop.is_set():
             return
         exit_code = process.exitcode if process is not None else None
-        log.error("lost contact with the Ray cluster: its driver process ended (exit code %s)", exit_code)
+        if self.pool.problem is None:
+            log.error("lost contact with the Ray cluster: its driver process ended (exit code %s)", exit_code)
+        else:  # already said: the driver stopped answering first
+            log.info("the Ray driver process ended (exit code %s)", exit_code)
         self.pool.problem = OUT_OF_REACH.format(why="its driver process ended")
+
+    def _notice_silence(self) -> None:
+        silent = time.monotonic() - self._last_watch
+        if self._supervise and self.pool.problem is None and silent > max(3 * self.watch_seconds, SILENT_SECONDS):
+            log.error("lost contact with the Ray cluster: no answer for %.0f s", silent)
+            self.pool.problem = OUT_OF_REACH.format(why="no answer")
 
     def _send_cancels(self) -> None:
         with self._lock:
@@ -347,6 +363,11 @@ class RayWorkers:
             reported = self._backends.get(message[1])
             if reported is not None:
                 reported.refresh(message[2])
+        elif kind == "watched":
+            self._last_watch = time.monotonic()
+            if self.pool.problem == OUT_OF_REACH.format(why="no answer"):
+                log.info("the Ray cluster answers again")
+                self.pool.problem = None
         elif kind == "problem":
             self.pool.problem = message[1]
         elif kind == "nothing":
