@@ -29,7 +29,7 @@ SLOW = {"size": "512x512", "steps": 50}
 def ray_instance():
     # The actors' processes inherit this environment: the project importable, the test's offline cache.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
-    context = ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=4, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     # The bot's Ray driver is a child process: it joins this instance rather than starting its own.
     os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
     yield
