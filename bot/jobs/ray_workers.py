@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 5.0  # how often the child looks at the cluster for workers that joined or left
 RETRY_SECONDS = 5.0  # how long after losing the driver a new one is started (and between tries)
-CONNECT_SECONDS = 300.0  # a driver child that has not connected by then is ended (and, later on, another tried)
+CONNECT_SECONDS = 60.0  # a driver child not connected by then is ended (at start: an error; later: another is tried)
 CANCEL_SECONDS = 0.1  # how often the jobs in flight are looked at for a cancel
 OUT_OF_REACH = "the Ray cluster is out of reach ({why}); retrying"
 # A driver whose looks at the cluster stop coming back is waiting on a lost head (Ray ends it later).
