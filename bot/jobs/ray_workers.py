@@ -18,7 +18,7 @@ import multiprocessing
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,7 +311,7 @@ class RayWorkers:
             self._backends.clear()
             self._loading.clear()
         for job in jobs.values():
-            job.future.set_exception(WorkerLost("lost contact with the Ray cluster"))
+            _settle(job.future, error=WorkerLost("lost contact with the Ray cluster"))
         if self._stop.is_set():
             return
         exit_code = process.exitcode if process is not None else None
@@ -392,12 +392,23 @@ class RayWorkers:
                 image.load()
                 images.append(image)
             job.backend.finished(job.request, details["seconds"])
-            job.future.set_result(GenerationResult(job.request, images, **details))
+            _settle(job.future, GenerationResult(job.request, images, **details))
         elif kind == "error":
-            job.future.set_exception(values[0])
+            _settle(job.future, error=values[0])
         else:
             job.backend.ready = False
-            job.future.set_exception(WorkerLost(values[0]))
+            _settle(job.future, error=WorkerLost(values[0]))
+
+
+def _settle(future: Future, result: Any = None, *, error: BaseException | None = None) -> None:
+    """Give a job's future its outcome, unless it was cancelled meanwhile (the bot shutting down)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        log.debug("a Ray job's answer came after its future was cancelled")
 
 
 def _memory_of(memory: dict | None) -> RemoteMemory | None:
