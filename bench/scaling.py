@@ -147,15 +147,13 @@ def start_workers(settings):
     from bot.jobs.workers import WorkerPool
 
     if settings.workers == "ray":
-        import ray
-
         from bot.jobs.ray_workers import RayWorkers
 
         pool = WorkerPool()
         cluster = RayWorkers(settings, pool)
         cluster.connect()
         cpus = all(device == "cpu" for device in settings.devices)
-        wanted = len(settings.devices) if cpus else int(ray.cluster_resources().get("GPU", 0))
+        wanted = len(settings.devices) if cpus else cluster.cluster_gpus
         cluster.start(wait_for=wanted)  # every worker ready: the same start line as the local runs
         return pool, cluster.stop
     from bot.model.devices import create_services, load_all, resolve_devices

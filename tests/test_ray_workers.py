@@ -29,8 +29,11 @@ SLOW = {"size": "512x512", "steps": 50}
 def ray_instance():
     # The actors' processes inherit this environment: the project importable, the test's offline cache.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=4, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    # The bot's Ray driver is a child process: it joins this instance rather than starting its own.
+    os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
     yield
+    del os.environ["RAY_ADDRESS"]
     ray.shutdown()
 
 
@@ -53,7 +56,7 @@ async def ray_bot(ray_instance, discord_api, hub_cache, tmp_path):
     )
     settings = Settings.from_env(env)
     pool = WorkerPool()
-    cluster = RayWorkers(settings, pool, watch_seconds=0.5)
+    cluster = RayWorkers(settings, pool, watch_seconds=0.5, retry_seconds=2.0)
     cluster.connect()
     await asyncio.to_thread(cluster.start, wait_for=2, timeout=180)
     point_at_discord(settings)
@@ -92,7 +95,7 @@ async def test_ray_workers_dispatch_survive_a_killed_actor_and_take_in_new_ones(
 
     # Kill the actor making Alice's job: it runs again on the other worker, and is delivered once.
     doomed = next(worker for worker in pool.workers if worker.job_id == 1)
-    ray.kill(doomed.backend.actor)
+    ray.kill(ray.get_actor(doomed.backend.actor_name, namespace=NAMESPACE))
     for job in (first, second):
         message = await delivered(discord_api, job, 240)
         assert len(message.attachments) == 1
@@ -130,3 +133,36 @@ def test_the_bot_process_of_a_ray_cluster_never_imports_torch():
     )
     shown = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]", shown.stderr
+
+
+async def test_the_bot_outlives_its_ray_driver_and_resumes_with_a_new_one(ray_bot, discord_api):
+    import signal
+
+    running, cluster, _settings = ray_bot
+    pool, queue = running.runner.workers, running.runner.queue
+    alice = discord_api.make_user("alice")
+    job = await accepted(discord_api, "through a lost driver", alice, **SLOW)
+    await discord_api.wait_for(lambda: any(job.progress and job.progress.step > 0 for job in queue.running_jobs), 60)
+
+    # The driver child killed as Ray kills a driver whose head is gone: the bot keeps serving and says why.
+    first_driver = cluster.driver_pid
+    assert first_driver is not None
+    os.kill(first_driver, signal.SIGKILL)
+    await discord_api.wait_for(lambda: pool.problem is not None, 15)
+    status = await reply_text(discord_api, await discord_api.invoke("status", {}, user=alice))
+    fields = {field["name"]: field["value"] for field in status.embeds[0]["fields"]}
+    assert "the Ray cluster is out of reach" in fields["State"] and "jobs wait" in fields["State"]
+    assert not pool.in_rotation()
+
+    # A new driver connects, its workers join, and the job runs again: delivered once.
+    message = await delivered(discord_api, job, 240)
+    assert len(message.attachments) == 1
+    assert cluster.driver_pid not in (None, first_driver)
+    await discord_api.wait_for(lambda: running.bot.store.get(1).state.value == "delivered")
+    assert {job: len(messages) for job, messages in deliveries(discord_api).items()} == {1: 1}
+    await discord_api.wait_for(lambda: len(pool.in_rotation()) == 2, 120)
+    status = await reply_text(discord_api, await discord_api.invoke("status", {}, user=alice))
+    fields = {field["name"]: field["value"] for field in status.embeds[0]["fields"]}
+    assert fields["State"] == "ready" and fields["Device"] == "Ray: 2 worker(s) in rotation"
+    assert fields["Workers"].count("idle") == 2 and fields["Workers"].count("out of rotation") == 2
+    assert pool.problem is None

@@ -1,13 +1,12 @@
 """WORKERS=ray: the bot keeps Discord, the store and the fair queue; Ray actors make the images.
 
-Every worker is a named actor (bot/model/ray_worker.py) in the `zimage-bot` namespace. A watcher thread
-keeps the pool in step with the cluster: it starts an actor for each GPU the cluster has (so a node
-that joins with GPUs gets workers), adopts named worker actors started by anyone else, and takes out
-workers whose actor is gone. A job whose actor dies mid-way goes back in line and runs on another
-worker; with none left, jobs wait (bounded by MAX_QUEUE) and /status says why. If the Ray head cannot
-be reached for a moment, /status says so and the watcher keeps trying; Ray itself ends this process once
-the head has been gone for its GCS reconnect timeout (a driver cannot outlive its cluster), and the jobs
-wait in the store for the next start.
+Every worker is a named actor (bot/model/ray_worker.py) in the `zimage-bot` namespace. The Ray driver
+(ray.init, the actor handles, the watcher that starts and adopts actors) runs in a child process
+(bot/jobs/ray_driver.py), because Ray ends a driver whose head has been gone for a while: losing the
+head ends the child, never the bot. Here, one proxy backend per worker the child reports sends jobs down
+the pipe and turns the answers into futures. When the child ends, every job in flight goes back in line
+(WorkerLost), its workers leave rotation, /status says the cluster is out of reach, and a new child is
+started every few seconds until one connects; its workers then join and the waiting jobs run.
 """
 
 from __future__ import annotations
@@ -15,15 +14,14 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import os
+import multiprocessing
+import queue
 import threading
 import time
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 from PIL import Image
 
 from bot.generation import (
@@ -32,19 +30,22 @@ from bot.generation import (
     GenerationRequest,
     GenerationResult,
     ProgressCallback,
-    StepProgress,
 )
+from bot.jobs.ray_driver import NAMESPACE, run_driver
 from bot.jobs.workers import WorkerLost, WorkerPool
 from bot.settings import Settings
-from bot.translations import Text
+
+__all__ = ["NAMESPACE", "RayBackend", "RayWorkers", "RemoteMemory"]
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "zimage-bot"  # the same as bot.model.ray_worker's (not imported: that would import torch here)
-ACTOR_NAME_PREFIX = "zimage-worker-"
-POLL_SECONDS = 0.25  # how often a running job's progress is asked for
-WATCH_SECONDS = 5.0  # how often the cluster is looked at for workers that joined or left
-_ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+WATCH_SECONDS = 5.0  # how often the child looks at the cluster for workers that joined or left
+RETRY_SECONDS = 5.0  # how long after losing the driver a new one is started (and between tries)
+CONNECT_SECONDS = 60.0  # a driver child not connected by then is ended (at start: an error; later: another is tried)
+CANCEL_SECONDS = 0.1  # how often the jobs in flight are looked at for a cancel
+OUT_OF_REACH = "the Ray cluster is out of reach ({why}); retrying"
+# A driver whose looks at the cluster stop coming back is waiting on a lost head (Ray ends it later).
+SILENT_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,27 @@ class RemoteMemory:
     total_bytes: int
 
 
+@dataclass
+class _Job:
+    future: Future[GenerationResult]
+    backend: RayBackend
+    request: GenerationRequest
+    progress: ProgressCallback | None
+    cancel: CancelToken
+    cancel_sent: bool = False
+
+
 class RayBackend:
     """One actor seen as a generation backend: submit() returns a future, as PipelineService's does."""
 
-    def __init__(self, actor, name: str, description: dict) -> None:
-        self.actor = actor
+    def __init__(self, cluster: RayWorkers, name: str, description: dict) -> None:
+        self.cluster = cluster
         self.actor_name = name
         self.device = f"{description['node']}/{description['device']}"
         self.ready = True
         self.load_report = description.get("load")
-        self._memory = _memory_of(description)
-        self._keys = itertools.count(1)
+        self._memory = _memory_of(description.get("memory"))
         self._seconds_per_image: dict[tuple, float] = {}
-        # One thread per worker waits on Ray for its job (the runner gives each worker one job at a time).
-        self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ray-{name}")
 
     def submit(
         self,
@@ -82,46 +90,10 @@ class RayBackend:
     ) -> Future[GenerationResult]:
         # `prompt_check` (a closure) is not sent to the actor in another process; the runner applies it
         # to the result's enhanced prompt before anything is posted.
-        if not self.ready:
-            raise WorkerLost(f"the Ray worker {self.actor_name} is gone")
-        return self._waiter.submit(self._run, request, progress, cancel or CancelToken())
+        return self.cluster.submit(self, request, progress, cancel or CancelToken())
 
-    def _run(self, request: GenerationRequest, progress: ProgressCallback | None, cancel: CancelToken):
-        key = next(self._keys)
-        try:
-            reference = self.actor.generate.remote(key, request)
-            last: StepProgress | None = None
-            cancel_sent = False
-            while not ray.wait([reference], timeout=POLL_SECONDS)[0]:
-                if cancel.cancelled and not cancel_sent:
-                    self.actor.cancel.remote(key)
-                    cancel_sent = True
-                if progress is not None:
-                    step = ray.get(self.actor.progress.remote(key), timeout=10)
-                    if step is not None and step != last:
-                        progress(step)
-                        last = step
-            pngs, details = ray.get(reference)
-        except ray.exceptions.RayTaskError as error:
-            cause = error.cause
-            if isinstance(cause, GenerationError):
-                raise cause from None  # cancelled, out of memory, bad input: the same as on a local worker
-            raise GenerationError(Text("the worker failed ({error})", error=type(cause).__name__)) from None
-        except (*_ACTOR_GONE, ray.exceptions.GetTimeoutError) as error:
-            self.ready = False
-            raise WorkerLost(f"the Ray worker {self.actor_name} died ({type(error).__name__})") from None
-        except ray.exceptions.RayError as error:
-            # The cluster itself (the head, the network): the job waits for a worker rather than failing.
-            self.ready = False
-            raise WorkerLost(f"lost contact with the Ray worker {self.actor_name} ({type(error).__name__})") from None
-        images: list[Image.Image] = []
-        for data in pngs:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-            images.append(image)
-        key_of = (request.size, request.steps)
-        self._seconds_per_image[key_of] = details["seconds"] / max(request.count, 1)
-        return GenerationResult(request, images, **details)
+    def finished(self, request: GenerationRequest, seconds: float) -> None:
+        self._seconds_per_image[(request.size, request.steps)] = seconds / max(request.count, 1)
 
     def estimate_seconds(self, request: GenerationRequest) -> float | None:
         per_image = self._seconds_per_image.get((request.size, request.steps))
@@ -130,132 +102,314 @@ class RayBackend:
     def gpu_memory(self) -> RemoteMemory | None:
         return self._memory
 
-    def refresh(self) -> None:
-        """Ask the actor for its GPU memory (the watcher does, off the event loop)."""
-        self._memory = _memory_of(ray.get(self.actor.describe.remote(), timeout=10))
+    def refresh(self, memory: dict | None = None) -> None:
+        """The actor's GPU memory, as the driver last asked it."""
+        self._memory = _memory_of(memory)
 
     def close(self) -> None:
-        self._waiter.shutdown(wait=False, cancel_futures=True)
+        self.ready = False
 
 
 class RayWorkers:
-    """Connects to Ray, starts and adopts worker actors, and keeps the pool in step with the cluster."""
+    """Starts the Ray driver child, keeps the pool in step with what it reports, and starts a new one
+    when it ends (once watch_in_background() was called; before that, its end is a start-up error)."""
 
-    def __init__(self, settings: Settings, pool: WorkerPool, *, watch_seconds: float = WATCH_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: WorkerPool,
+        *,
+        watch_seconds: float = WATCH_SECONDS,
+        retry_seconds: float = RETRY_SECONDS,
+        connect_seconds: float = CONNECT_SECONDS,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.watch_seconds = watch_seconds
-        self.gpu = not all(device == "cpu" for device in settings.devices)
-        self._own: dict[str, Any] = {}  # actors this bot started, by name
-        self._pending: dict[str, Any] = {}  # name -> describe() reference of a loading actor
-        self._adopted: dict[str, RayBackend] = {}
+        self.retry_seconds = retry_seconds
+        self.connect_seconds = connect_seconds
+        self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no Ray state inherited
+        self._process: Any = None
+        self._connection: Any = None
+        self._outbox: queue.Queue[tuple | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._backends: dict[str, RayBackend] = {}
+        self._jobs: dict[int, _Job] = {}
+        self._keys = itertools.count(1)
+        self._loading: set[str] = set()
         self._failed: set[str] = set()
+        self._fatal: str | None = None  # why start() cannot go on
+        self._last_watch = time.monotonic()  # when the driver last looked at the cluster
+        self.cluster_gpus = 0  # the GPUs of the cluster when the driver connected
+        self._supervise = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def driver_pid(self) -> int | None:
+        """The process id of the Ray driver child (None while there is none)."""
+        process = self._process
+        return process.pid if process is not None and process.is_alive() else None
+
+    # ----- start and stop ----------------------------------------------------------------------------
+
     def connect(self) -> None:
-        """RAY_ADDRESS (Ray's own variable) names the cluster; without it, a local Ray instance starts."""
-        address = os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, namespace=NAMESPACE, ignore_reinit_error=True, log_to_driver=False)
-        log.info("connected to Ray (%s)", address or "a local instance")
+        """Start the driver child; RAY_ADDRESS (Ray's own variable) names the cluster, without it the child
+        starts a local Ray instance. Raises GenerationError when it cannot connect."""
+        where = self._start_child()
+        log.info("connected to Ray (%s)", where)
+        self._thread = threading.Thread(target=self._follow, name="ray-driver-link", daemon=True)
+        self._thread.start()
 
     def start(self, *, wait_for: int = 1, timeout: float = 3600.0) -> None:
-        """Start the actors for what the cluster has now and wait until `wait_for` of them are ready."""
-        self.watch_once()
-        if not self._pending and not self.pool.workers:
-            raise GenerationError(
-                "the Ray cluster has no GPU and no zimage-worker actor: add a node with GPUs, or set DEVICE=cpu to try "
-                "the bot on CPU workers"
-            )
+        """Wait until `wait_for` workers are ready (the child starts and adopts the actors)."""
         deadline = time.monotonic() + timeout
         while len(self.pool.in_rotation()) < wait_for:
+            if self._fatal:
+                raise GenerationError(self._fatal)
             if time.monotonic() > deadline:
                 raise GenerationError(f"no Ray worker was ready after {timeout:.0f} s")
-            if not self._pending and not self.pool.workers and self._failed:
+            with self._lock:
+                all_failed = not self._loading and not self._backends and self._failed
+            if all_failed:
                 raise GenerationError(f"every Ray worker failed to load ({', '.join(sorted(self._failed))})")
-            time.sleep(0.2)
-            self.watch_once()
+            time.sleep(0.1)
 
     def watch_in_background(self) -> None:
-        """Keep looking at the cluster, every `watch_seconds`, until stop()."""
-        self._thread = threading.Thread(target=self._watch, name="ray-watcher", daemon=True)
-        self._thread.start()
+        """From now on, a driver child that ends is replaced (and the bot keeps serving meanwhile)."""
+        self._supervise = True
 
     def stop(self) -> None:
         self._stop.set()
+        self._outbox.put(("stop",))
+        process = self._process
+        if process is not None:
+            process.join(timeout=30)  # it stops the actors it started
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for backend in self._adopted.values():
-            backend.close()
-        for actor in self._own.values():
-            try:
-                ray.kill(actor)
-            except Exception:  # the cluster may be gone already
-                log.debug("could not stop an actor", exc_info=True)
+        with self._lock:
+            for backend in self._backends.values():
+                backend.close()
 
-    # ----- the watcher -------------------------------------------------------------------------------
+    # ----- jobs --------------------------------------------------------------------------------------
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.watch_seconds):
+    def submit(
+        self,
+        backend: RayBackend,
+        request: GenerationRequest,
+        progress: ProgressCallback | None,
+        cancel: CancelToken,
+    ) -> Future[GenerationResult]:
+        future: Future[GenerationResult] = Future()
+        with self._lock:
+            if not backend.ready:
+                raise WorkerLost(f"the Ray worker {backend.actor_name} is gone")
+            key = next(self._keys)
+            self._jobs[key] = _Job(future, backend, request, progress, cancel)
+        # Sent by the link's own thread: a request with a picture in it never waits on the event loop.
+        self._outbox.put(("submit", key, backend.actor_name, request))
+        return future
+
+    # ----- the child ---------------------------------------------------------------------------------
+
+    def _start_child(self) -> str:
+        """Start a driver child and wait for it to connect; returns where to. Raises GenerationError."""
+        receiving, sending = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=run_driver,
+            args=(sending, self.settings, self.watch_seconds),
+            name="zimage-ray-driver",
+            daemon=True,
+        )
+        process.start()
+        sending.close()  # only the child holds that end now: its death reads as EOF here
+        deadline = time.monotonic() + self.connect_seconds
+        try:
+            while not receiving.poll(0.5):
+                if not process.is_alive() or self._stop.is_set() or time.monotonic() > deadline:
+                    raise EOFError
+            message = receiving.recv()
+        except (EOFError, OSError):
+            if process.is_alive():  # asked to stop, or still not connected: ray.init may wait a long time
+                process.kill()
+                process.join(timeout=5)
+                receiving.close()
+                raise GenerationError(f"Ray did not answer within {self.connect_seconds:.0f} s") from None
+            process.join(timeout=5)
+            receiving.close()
+            raise GenerationError(f"the Ray driver process ended (exit code {process.exitcode})") from None
+        if message[0] != "connected":
+            process.join(timeout=30)
+            receiving.close()
+            raise GenerationError(f"could not connect to Ray: {message[1]}")
+        self._process, self._connection = process, receiving
+        self.cluster_gpus = int(message[2])
+        self._last_watch = time.monotonic()
+        self._outbox = queue.Queue()
+        threading.Thread(
+            target=self._send_all, args=(receiving, self._outbox), name="ray-driver-send", daemon=True
+        ).start()
+        return str(message[1])
+
+    def _send_all(self, connection: Any, outbox: queue.Queue[tuple | None]) -> None:
+        while (message := outbox.get()) is not None:
             try:
-                self.watch_once()
-                for backend in list(self._adopted.values()):
-                    if backend.ready:
-                        backend.refresh()
-                if self.pool.problem:
-                    log.info("the Ray cluster is reachable again")
+                connection.send(message)
+            except (OSError, ValueError):
+                return  # the child is gone: the reading side notices and fails the jobs
+
+    def _follow(self) -> None:
+        """Read the child's messages; when it ends, fail its jobs and start another (if supervising)."""
+        while True:
+            self._read(self._connection)
+            self._lost()
+            if self._stop.is_set():
+                return
+            if not self._supervise:
+                self._fatal = "the Ray driver process ended while starting"
+                return
+            while not self._stop.wait(self.retry_seconds):
+                try:
+                    where = self._start_child()
+                except GenerationError as error:
+                    log.debug("Ray is still out of reach: %s", error)
+                    continue
+                log.info("in contact with the Ray cluster again (%s)", where)
                 self.pool.problem = None
-            except Exception as error:
-                if not self.pool.problem:
-                    log.error("lost contact with the Ray cluster: %s", error)
-                self.pool.problem = f"the Ray cluster is out of reach ({type(error).__name__}); retrying"
+                break
+            else:
+                return
 
-    def watch_once(self) -> None:
-        """One look at the cluster: start actors for new GPUs, adopt ready actors, drop the gone ones."""
-        self._start_missing_actors()
-        names = {
-            entry["name"]
-            for entry in ray.util.list_named_actors(all_namespaces=True)
-            if entry.get("namespace") == NAMESPACE and entry["name"].startswith(ACTOR_NAME_PREFIX)
-        }
-        for name in sorted(names - set(self._adopted) - set(self._pending) - self._failed):
-            self._pending[name] = ray.get_actor(name, namespace=NAMESPACE).describe.remote()
-        for name, reference in list(self._pending.items()):
-            if not ray.wait([reference], timeout=0)[0]:
-                continue
-            del self._pending[name]
+    def _read(self, connection: Any) -> None:
+        while True:  # until the child ends (after a stop, too: it stops its actors first)
             try:
-                description = ray.get(reference)
-            except ray.exceptions.RayError as error:
-                log.error("Ray worker %s could not load the model: %s", name, error)
-                self._failed.add(name)
-                self._own.pop(name, None)
-                continue
-            backend = RayBackend(ray.get_actor(name, namespace=NAMESPACE), name, description)
-            self._adopted[name] = backend
+                if connection.poll(CANCEL_SECONDS):
+                    self._handle(connection.recv())
+            except (EOFError, OSError):
+                return
+            except Exception:  # one bad message must not end the link
+                log.exception("could not handle a message of the Ray driver")
+            self._send_cancels()
+            self._notice_silence()
+
+    def _lost(self) -> None:
+        """The child ended: its jobs go back in line, its workers out of rotation."""
+        self._outbox.put(None)
+        if self._connection is not None:
+            self._connection.close()
+        process = self._process
+        if process is not None:
+            process.join(timeout=5)
+        self._process = None
+        with self._lock:
+            jobs, self._jobs = self._jobs, {}
+            for backend in self._backends.values():
+                backend.ready = False
+            self._backends.clear()
+            self._loading.clear()
+        for job in jobs.values():
+            _settle(job.future, error=WorkerLost("lost contact with the Ray cluster"))
+        if self._stop.is_set():
+            return
+        exit_code = process.exitcode if process is not None else None
+        if self.pool.problem is None:
+            log.error("lost contact with the Ray cluster: its driver process ended (exit code %s)", exit_code)
+        else:  # already said: the driver stopped answering first
+            log.info("the Ray driver process ended (exit code %s)", exit_code)
+        self.pool.problem = OUT_OF_REACH.format(why="its driver process ended")
+
+    def _notice_silence(self) -> None:
+        silent = time.monotonic() - self._last_watch
+        if self._supervise and self.pool.problem is None and silent > max(3 * self.watch_seconds, SILENT_SECONDS):
+            log.error("lost contact with the Ray cluster: no answer for %.0f s", silent)
+            self.pool.problem = OUT_OF_REACH.format(why="no answer")
+
+    def _send_cancels(self) -> None:
+        with self._lock:
+            wanted = [key for key, job in self._jobs.items() if job.cancel.cancelled and not job.cancel_sent]
+            for key in wanted:
+                self._jobs[key].cancel_sent = True
+        for key in wanted:
+            self._outbox.put(("cancel", key))
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind in ("progress", "result", "error", "lost"):
+            self._answer(kind, message[1], message[2:])
+        elif kind == "joined":
+            _, name, description = message
+            backend = RayBackend(self, name, description)
+            with self._lock:
+                self._loading.discard(name)
+                self._backends[name] = backend
             log.info("Ray worker %s joins (%s)", name, backend.device)
             self.pool.add_threadsafe(backend, name=backend.device)
-        for name, backend in self._adopted.items():
-            if backend.ready and name not in names:
-                backend.ready = False  # its worker is taken out when the runner next looks (or uses it)
-                log.warning("Ray worker %s left the cluster", name)
+        elif kind == "loading":
+            with self._lock:
+                self._loading.add(message[1])
+        elif kind == "load_failed":
+            with self._lock:
+                self._loading.discard(message[1])
+                self._failed.add(message[1])
+        elif kind == "left":
+            with self._lock:
+                gone = self._backends.pop(message[1], None)
+            if gone is not None:
+                gone.ready = False  # its worker is taken out when the runner next looks (or uses it)
+        elif kind == "memory":
+            reported = self._backends.get(message[1])
+            if reported is not None:
+                reported.refresh(message[2])
+        elif kind == "watched":
+            self._last_watch = time.monotonic()
+            if self.pool.problem == OUT_OF_REACH.format(why="no answer"):
+                log.info("the Ray cluster answers again")
+                self.pool.problem = None
+        elif kind == "problem":
+            self.pool.problem = message[1]
+        elif kind == "nothing":
+            if self._supervise:  # /status says no worker is available; one may still join
+                log.warning("%s", message[1])
+            else:
+                self._fatal = message[1]
 
-    def _start_missing_actors(self) -> None:
-        from bot.model.ray_worker import start_actor  # the model side: torch is imported by the actors
+    def _answer(self, kind: str, key: int, values: tuple) -> None:
+        with self._lock:
+            job = self._jobs.get(key) if kind == "progress" else self._jobs.pop(key, None)
+        if job is None:
+            return
+        if kind == "progress":
+            if job.progress is not None:
+                job.progress(values[0])
+        elif kind == "result":
+            pngs, details = values
+            images: list[Image.Image] = []
+            for data in pngs:
+                image = Image.open(io.BytesIO(data))
+                image.load()
+                images.append(image)
+            job.backend.finished(job.request, details["seconds"])
+            _settle(job.future, GenerationResult(job.request, images, **details))
+        elif kind == "error":
+            _settle(job.future, error=values[0])
+        else:
+            job.backend.ready = False
+            _settle(job.future, error=WorkerLost(values[0]))
 
-        # cpu,cpu: two CPU workers, to try the shape on one machine; otherwise one a GPU of the cluster.
-        wanted = int(ray.cluster_resources().get("GPU", 0)) if self.gpu else len(self.settings.devices)
-        alive = sum(1 for name in self._own if name not in self._failed and self._alive(name))
-        for _ in range(wanted - alive):
-            name = f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:8]}"
-            self._own[name] = start_actor(self.settings, name, gpu=self.gpu)
-            log.info("starting Ray worker %s (%s)", name, "one GPU" if self.gpu else "CPU")
 
-    def _alive(self, name: str) -> bool:
-        backend = self._adopted.get(name)
-        return backend is None or backend.ready
+def _settle(future: Future, result: Any = None, *, error: BaseException | None = None) -> None:
+    """Give a job's future its outcome, unless it was cancelled meanwhile (the bot shutting down)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        log.debug("a Ray job's answer came after its future was cancelled")
 
 
-def _memory_of(description: dict) -> RemoteMemory | None:
-    memory = description.get("memory")
+def _memory_of(memory: dict | None) -> RemoteMemory | None:
     return RemoteMemory(**memory) if memory else None
