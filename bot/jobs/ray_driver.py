@@ -39,13 +39,12 @@ from typing import Any
 import ray
 
 from bot.generation import GenerationError, GenerationRequest, StepProgress
+from bot.model.ray_worker import ACTOR_NAME_PREFIX, NAMESPACE, start_actor  # torch is imported by the actors only
 from bot.settings import Settings, configure_logging
 from bot.translations import Text
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "zimage-bot"  # the same as bot.model.ray_worker's (not imported: that would import torch here)
-ACTOR_NAME_PREFIX = "zimage-worker-"
 POLL_SECONDS = 0.25  # how often a running job's progress is asked for
 _ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
@@ -237,8 +236,6 @@ class Driver:
                 self._leave(name)
 
     def _start_missing_actors(self) -> None:
-        from bot.model.ray_worker import start_actor  # the model side: torch is imported by the actors
-
         # cpu,cpu: two CPU workers, to try the shape on one machine; otherwise one a GPU of the cluster.
         wanted = int(ray.cluster_resources().get("GPU", 0)) if self.gpu else len(self.settings.devices)
         alive = sum(1 for name in self._own if name not in self._failed and name not in self._gone)
