@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from bot.model.errors import one_line
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"ZIMAGE-BOT COMPILE ARTIFACTS\n"
@@ -155,11 +157,11 @@ class CompileArtifacts:
                 raise ArtifactFileError("torch could not read the compiled code in it")
         except Exception as error:  # a damaged file (whatever torch makes of it) must never stop a start
             log.warning(
-                "the compiled code in %s is unusable (%s); deleting it and compiling again", self.path, _one_line(error)
+                "the compiled code in %s is unusable (%s); deleting it and compiling again", self.path, one_line(error)
             )
             log.debug("the unusable compile artifacts", exc_info=True)
             _remove(self.path)
-            return ArtifactLoad(False, self.path, reason=f"the saved file was unusable: {_one_line(error)}")
+            return ArtifactLoad(False, self.path, reason=f"the saved file was unusable: {one_line(error)}")
         seconds = time.perf_counter() - started
         return ArtifactLoad(True, self.path, len(blob), seconds, sha256=header["sha256"])
 
@@ -206,7 +208,7 @@ class CompileArtifacts:
                 log.warning(
                     "could not save the compiled code to %s (%s); the next start compiles again",
                     self.path,
-                    _one_line(error),
+                    one_line(error),
                 )
                 return None
             self._prune()
@@ -312,8 +314,3 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         log.debug("could not delete %s", path, exc_info=True)
-
-
-def _one_line(error: BaseException) -> str:
-    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__

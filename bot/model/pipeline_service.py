@@ -38,6 +38,7 @@ from bot.image_size import ImageSize
 from bot.model import OPERATOR_INDUCTOR_CACHE_DIR, bf16_copy
 from bot.model.compile_artifacts import CompileArtifacts, artifact_key
 from bot.model.enhancer import EnhancedPrompt, PromptEnhancer
+from bot.model.errors import one_line
 from bot.model.fp8 import Fp8Unsupported, check_fp8_support, quantize_to_fp8
 from bot.model.img2img import image_to_image_pipeline, vae_tiling_for
 from bot.model.offload import apply_offload
@@ -470,7 +471,7 @@ class PipelineService:
                     raise
                 log.debug("OFFLOAD=%s failed", offload, exc_info=True)
                 raise ModelLoadError(
-                    f"OFFLOAD={offload} could not be set up ({_one_line(error)}); set OFFLOAD=none, "
+                    f"OFFLOAD={offload} could not be set up ({one_line(error)}); set OFFLOAD=none, "
                     "or update diffusers and accelerate"
                 ) from error
         pipe.set_progress_bar_config(disable=True)
@@ -555,7 +556,7 @@ class PipelineService:
             log.warning(
                 "BF16_COPY: the copy in %s could not be loaded (%s); deleting it and loading the model as usual",
                 copy.transformer_dir,
-                _one_line(error),
+                one_line(error),
             )
             bf16_copy.discard(copy.transformer_dir)
             return None
@@ -575,7 +576,7 @@ class PipelineService:
                 raise ModelLoadError(self._out_of_memory_advice(f"while warming up at {size}")) from error
             if not self.compile:
                 log.debug("warm-up failed", exc_info=True)
-                raise ModelLoadError(f"the warm-up generation failed ({_one_line(error)})") from error
+                raise ModelLoadError(f"the warm-up generation failed ({one_line(error)})") from error
             self._give_up_compiling(error)
             # A fresh, uncompiled copy: no compiled block and no half-built compiler state survives.
             self._pipe = self._img2img = None
@@ -587,7 +588,7 @@ class PipelineService:
         log.warning(
             "compiling the transformer failed (%s); running it uncompiled (slower). Set COMPILE=0 to skip "
             "compiling, or fix the compiler (LOG_LEVEL=DEBUG shows the details)",
-            _one_line(error),
+            one_line(error),
         )
         log.debug("the compile failure", exc_info=True)
         if self._artifacts is not None:
@@ -806,13 +807,6 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
     )
-
-
-def _one_line(error: BaseException) -> str:
-    """An error as one short line: compiler errors run to pages."""
-    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    text = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _pick_device(name: str) -> torch.device:
