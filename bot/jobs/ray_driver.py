@@ -15,7 +15,7 @@ Messages to the bot (tuples, the first item names them):
     ("loading", name)                      a worker actor is loading
     ("left", name)                         a worker actor is gone
     ("memory", name, memory)               a worker's GPU memory (a dict of RemoteMemory's fields, or None)
-    ("problem", text or None)              the cluster could not be looked at (None: it can again)
+    ("problem", reason or None)            the cluster could not be looked at, and why (None: it can again)
     ("watched",)                           one look at the cluster went well (calls to a lost head hang)
     ("progress", key, StepProgress)
     ("result", key, [png bytes], details)
@@ -193,11 +193,10 @@ class Driver:
         except (EOFError, OSError, BrokenPipeError):
             raise
         except Exception as error:
-            problem = f"the Ray cluster is out of reach ({type(error).__name__}); retrying"
             if self._problem is None:
                 log.error("lost contact with the Ray cluster: %s", error)
-                self.send("problem", problem)
-            self._problem = problem
+                self.send("problem", type(error).__name__)
+            self._problem = type(error).__name__
             return
         if self._problem is not None:
             log.info("the Ray cluster is reachable again")

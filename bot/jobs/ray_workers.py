@@ -34,6 +34,7 @@ from bot.generation import (
 from bot.jobs.ray_driver import NAMESPACE, run_driver
 from bot.jobs.workers import WorkerLost, WorkerPool
 from bot.settings import Settings
+from bot.translations import Text
 
 __all__ = ["NAMESPACE", "RayBackend", "RayWorkers", "RemoteMemory"]
 
@@ -43,7 +44,6 @@ WATCH_SECONDS = 5.0  # how often the child looks at the cluster for workers that
 RETRY_SECONDS = 5.0  # how long after losing the driver a new one is started (and between tries)
 CONNECT_SECONDS = 60.0  # a driver child not connected by then is ended (at start: an error; later: another is tried)
 CANCEL_SECONDS = 0.1  # how often the jobs in flight are looked at for a cancel
-OUT_OF_REACH = "the Ray cluster is out of reach ({why}); retrying"
 # A driver whose looks at the cluster stop coming back is waiting on a lost head (Ray ends it later).
 SILENT_SECONDS = 20.0
 
@@ -140,6 +140,7 @@ class RayWorkers:
         self._failed: set[str] = set()
         self._fatal: str | None = None  # why start() cannot go on
         self._last_watch = time.monotonic()  # when the driver last looked at the cluster
+        self._silent = False  # the problem shown is the driver's silence (its next look clears it)
         self.cluster_gpus = 0  # the GPUs of the cluster when the driver connected
         self._supervise = False
         self._stop = threading.Event()
@@ -319,13 +320,15 @@ class RayWorkers:
             log.error("lost contact with the Ray cluster: its driver process ended (exit code %s)", exit_code)
         else:  # already said: the driver stopped answering first
             log.info("the Ray driver process ended (exit code %s)", exit_code)
-        self.pool.problem = OUT_OF_REACH.format(why="its driver process ended")
+        self._silent = False
+        self.pool.problem = out_of_reach(Text("its driver process ended"))
 
     def _notice_silence(self) -> None:
         silent = time.monotonic() - self._last_watch
         if self._supervise and self.pool.problem is None and silent > max(3 * self.watch_seconds, SILENT_SECONDS):
             log.error("lost contact with the Ray cluster: no answer for %.0f s", silent)
-            self.pool.problem = OUT_OF_REACH.format(why="no answer")
+            self._silent = True
+            self.pool.problem = out_of_reach(Text("no answer"))
 
     def _send_cancels(self) -> None:
         with self._lock:
@@ -365,11 +368,13 @@ class RayWorkers:
                 reported.refresh(message[2])
         elif kind == "watched":
             self._last_watch = time.monotonic()
-            if self.pool.problem == OUT_OF_REACH.format(why="no answer"):
+            if self._silent:
                 log.info("the Ray cluster answers again")
+                self._silent = False
                 self.pool.problem = None
         elif kind == "problem":
-            self.pool.problem = message[1]
+            self._silent = False
+            self.pool.problem = out_of_reach(message[1]) if message[1] else None
         elif kind == "nothing":
             if self._supervise:  # /status says no worker is available; one may still join
                 log.warning("%s", message[1])
@@ -398,6 +403,11 @@ class RayWorkers:
         else:
             job.backend.ready = False
             _settle(job.future, error=WorkerLost(values[0]))
+
+
+def out_of_reach(why: str | Text) -> Text:
+    """What /status says while no Ray driver can reach the cluster."""
+    return Text("the Ray cluster is out of reach ({why}); retrying", why=why)
 
 
 def _settle(future: Future, result: Any = None, *, error: BaseException | None = None) -> None:

@@ -115,7 +115,7 @@ class WorkerPool:
     _listeners: list[Callable[[Worker], None]] = field(default_factory=list)
     _started: float = field(default_factory=time.monotonic)
     observers: list[PoolObserver] = field(default_factory=list)
-    problem: str | None = None  # what keeps workers from joining (the Ray cluster out of reach)
+    problem: Text | None = None  # what keeps workers from joining (the Ray cluster out of reach)
     _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
