@@ -184,6 +184,8 @@ async def test_after_shutdown_begins_nothing_overwrites_the_restart_notice(start
     long_job = await imagine(discord_api, "a long one", alice, size="512x512", steps=50, count=4)
     await discord_api.wait_for(lambda: running.runner.queue.running is not None, 20)
     bob_waits = await imagine(discord_api, "bob waits", bob)
+    # Job numbers follow the order the store records them in: Bob's must be job 2 before Alice asks.
+    await discord_api.wait_for(lambda: "Job 2" in content(bob_waits), 10)
     alice_waits = await imagine(discord_api, "alice waits", alice)
     await discord_api.wait_for(lambda: len(running.runner.queue) == 2, 10)
     running.bot.request_shutdown()
